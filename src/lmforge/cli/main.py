@@ -1,0 +1,180 @@
+"""The `lmforge` command: one thin function per verb that loads its config and calls the library.
+
+    lmforge train [CONFIG.yaml | PRESET] [--section.key=value ...]
+    lmforge prepare SRC... --out DIR [--tokenizer bpe] [--vocab-size 4096] [--val-fraction 0.1]
+    lmforge init [PRESET] > run.yaml
+    lmforge generate CKPT --prompt TEXT [--max-new-tokens N --temperature T --top-k K --top-p P --seed S]
+    lmforge report RUN_DIR
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+EXIT_USAGE, EXIT_FAILED, EXIT_INTERRUPTED = 2, 1, 130
+
+
+def cmd_train(args: argparse.Namespace, overrides: list[str]) -> int:
+    from ..config.run import load_run_config, preset_raw, render_config
+    from ..train.pretrain import run_pretraining
+
+    path, base = _config_source(args.config, preset_raw)
+    cfg = load_run_config(path, overrides, base=base)
+    result = run_pretraining(cfg.model, cfg.data, cfg.train, render_config(cfg, "Resolved config of this run."))
+    _print_summary(result)
+    if result.stop_reason.startswith("diverged"):
+        return EXIT_FAILED
+    return EXIT_INTERRUPTED if result.stop_reason.startswith("interrupted") else 0
+
+
+def _config_source(arg: str | None, preset_raw) -> tuple[Path | None, dict | None]:
+    """A positional argument is a YAML file if it exists (or looks like one), else a preset name."""
+    if arg is None:
+        return None, None
+    if Path(arg).exists() or arg.endswith((".yaml", ".yml")):
+        return Path(arg), None
+    return None, preset_raw(arg)
+
+
+def _print_summary(result) -> None:
+    from ..generate.engine import generate_text
+    from ..tokenizer import load_tokenizer
+    from ..train.checkpoint import load_model_from_checkpoint
+
+    fmt = lambda v: "n/a" if v is None else f"{v:.4f}"  # noqa: E731
+    print(f"\nstopped: {result.stop_reason} after {result.steps} steps in {result.elapsed:.0f} s")
+    print(f"train loss {fmt(result.train_loss)}, val loss {fmt(result.val_loss)}, "
+          f"best val loss {fmt(result.best_val_loss)} at step {result.best_step}")
+    print(f"diagnosis: {result.verdict} (details in {result.run_dir / 'diagnosis.txt'})")
+    best = result.run_dir / "best"
+    ckpt_dir = best if best.is_dir() else result.run_dir / "last"
+    if ckpt_dir.is_dir():
+        model, tokenizer = load_model_from_checkpoint(ckpt_dir), load_tokenizer(ckpt_dir)
+        print(f"\n--- a sample from {ckpt_dir} ---")
+        print(generate_text(model, tokenizer, "", max_new_tokens=200, temperature=0.8, top_k=50, seed=0))
+        print("---")
+    print(f"\nrun directory: {result.run_dir}  (training_metrics.json, training_curve.png, "
+          f"loss_by_epoch.png, samples.jsonl, best/, last/)")
+
+
+def cmd_prepare(args: argparse.Namespace, overrides: list[str]) -> int:
+    from ..data.prepare import prepare
+
+    _reject_overrides(overrides)
+    meta = prepare(args.sources, args.out, tokenizer=args.tokenizer, vocab_size=args.vocab_size,
+                   val_fraction=args.val_fraction, seed=args.seed)
+    print(f"prepared {args.out}: {meta['train_tokens']:,} train / {meta['val_tokens']:,} val tokens from "
+          f"{meta['documents']['train'] + meta['documents']['val']} documents, vocabulary {meta['vocab_size']:,}")
+    return 0
+
+
+def cmd_init(args: argparse.Namespace, overrides: list[str]) -> int:
+    from ..config.run import load_run_config, preset_raw, render_config
+
+    base = preset_raw(args.preset) if args.preset else None
+    cfg = load_run_config(None, overrides, base=base)
+    title = f"lmforge run config (preset: {args.preset or 'default'}). Run it with: lmforge train THIS_FILE.yaml"
+    sys.stdout.write(render_config(cfg, title))
+    return 0
+
+
+def cmd_generate(args: argparse.Namespace, overrides: list[str]) -> int:
+    import torch
+
+    from ..generate.engine import generate_ids
+    from ..tokenizer import load_tokenizer
+    from ..train.checkpoint import load_model_from_checkpoint
+
+    _reject_overrides(overrides)
+    model, tokenizer = load_model_from_checkpoint(args.checkpoint), load_tokenizer(args.checkpoint)
+    prompt_ids = tokenizer.encode(args.prompt) if args.prompt else [tokenizer.eot_id]
+    for i in range(args.num_samples):
+        generator = torch.Generator().manual_seed(args.seed + i) if args.seed is not None else None
+        if args.num_samples > 1:
+            print(f"--- sample {i + 1} ---")
+        sys.stdout.write(args.prompt)
+        new_ids: list[int] = []
+        printed = ""
+        for token in generate_ids(model, prompt_ids, args.max_new_tokens, args.temperature, args.top_k,
+                                  args.top_p, stop_ids=(tokenizer.eot_id,), generator=generator):
+            new_ids.append(token)
+            text = tokenizer.decode(new_ids)  # decode the whole tail: one token can be part of a character
+            sys.stdout.write(text[len(printed):])
+            sys.stdout.flush()
+            printed = text
+        sys.stdout.write("\n")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace, overrides: list[str]) -> int:
+    from ..train.diagnose import write_diagnosis
+    from ..train.metrics import load_metrics
+    from ..train.plots import write_plots
+
+    _reject_overrides(overrides)
+    metrics = load_metrics(args.run_dir)
+    write_plots(args.run_dir, metrics)
+    print(write_diagnosis(args.run_dir, metrics).text)
+    return 0
+
+
+def _reject_overrides(overrides: list[str]) -> None:
+    if overrides:
+        raise ValueError(f"unrecognised arguments: {' '.join(overrides)}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lmforge", description="Train, fine-tune and run GPT-style language models.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("train", help="train a model (no arguments: a demo on Python's standard library)",
+                       description="Any config key can be overridden as --section.key=value, e.g. --train.max_steps=500.")
+    p.add_argument("config", nargs="?", help="a YAML run config, or a preset name (see `lmforge init --help`)")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("prepare", help="tokenize text files/folders into train.bin/val.bin shards")
+    p.add_argument("sources", nargs="+", help="text files or folders")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--tokenizer", default="bpe", help="char | bpe | gpt2 | PATH (default: bpe)")
+    p.add_argument("--vocab-size", type=int, default=4096, help="vocabulary size for bpe (default: 4096)")
+    p.add_argument("--val-fraction", type=float, default=0.1, help="share held out for validation (default: 0.1)")
+    p.add_argument("--seed", type=int, default=1337)
+    p.set_defaults(func=cmd_prepare)
+
+    p = sub.add_parser("init", help="print a full, commented run config")
+    p.add_argument("preset", nargs="?", help="a run preset or a model preset (gpt2-tiny, llama-tiny, gpt2-124m, ...)")
+    p.set_defaults(func=cmd_init)
+
+    p = sub.add_parser("generate", help="continue a prompt with a trained checkpoint")
+    p.add_argument("checkpoint", help="a checkpoint folder, e.g. checkpoints/best")
+    p.add_argument("--prompt", default="", help="text to continue ('' = start a new document)")
+    p.add_argument("--max-new-tokens", type=int, default=200)
+    p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy (always the most likely token)")
+    p.add_argument("--top-k", type=int, default=0, help="sample among the k most likely tokens (0 = all)")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (1.0 = off)")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--num-samples", type=int, default=1)
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("report", help="re-plot a run's curves and explain them in words")
+    p.add_argument("run_dir", help="the run directory (train.out_dir)")
+    p.set_defaults(func=cmd_report)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args, overrides = build_parser().parse_known_args(argv)
+    try:
+        return args.func(args, overrides)
+    except ValueError as exc:  # bad config or input: one clear line, no traceback
+        print(f"lmforge {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("\naborted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

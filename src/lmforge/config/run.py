@@ -1,0 +1,72 @@
+"""RunConfig: the whole YAML file of a run -- model, data and train sections -- and how it is loaded.
+
+Precedence, lowest first: dataclass defaults < the model preset < the YAML file < --section.key=value.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+from ..data.config import DataConfig
+from ..model.config import PRESETS, ModelConfig, apply_preset
+from ..train.config import TrainConfig
+from .loader import ConfigError, deep_merge, from_dict, load_yaml, parse_overrides, to_commented_yaml, to_dict
+
+
+@dataclass
+class RunConfig:
+    """A complete lmforge run."""
+
+    model: ModelConfig = field(default_factory=ModelConfig, metadata={"help": "the Transformer"})
+    data: DataConfig = field(default_factory=DataConfig, metadata={"help": "the corpus and tokenizer"})
+    train: TrainConfig = field(default_factory=TrainConfig, metadata={"help": "the optimisation"})
+
+
+def run_presets() -> list[str]:
+    """Names of the full-run presets shipped as YAML files in lmforge/presets/."""
+    folder = resources.files("lmforge") / "presets"
+    return sorted(p.name.removesuffix(".yaml") for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def preset_raw(name: str) -> dict:
+    """A run preset (lmforge/presets/NAME.yaml) or, for a model preset name, {model: {preset: NAME}}."""
+    if name in PRESETS:
+        return {"model": {"preset": name}}
+    path = resources.files("lmforge") / "presets" / f"{name}.yaml"
+    if not path.is_file():
+        choices = ", ".join(run_presets() + sorted(PRESETS))
+        raise ConfigError(f"preset: unknown preset {name!r}; choose one of {choices}")
+    return load_yaml(Path(str(path)))
+
+
+def resolve_raw(raw: dict) -> dict:
+    """Expand the model preset and accept a single string for data.path."""
+    raw = dict(raw)
+    model = raw.get("model") or {}
+    try:
+        raw["model"] = apply_preset(model)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    data = raw.get("data")
+    if isinstance(data, dict) and isinstance(data.get("path"), str):
+        raw["data"] = {**data, "path": [data["path"]]}
+    return raw
+
+
+def load_run_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (),
+                    base: dict | None = None) -> RunConfig:
+    """Defaults, then `base` (e.g. a preset), then the YAML file at `path`, then the overrides."""
+    raw = dict(base or {})
+    if path is not None:
+        raw = deep_merge(raw, load_yaml(path))
+    raw = deep_merge(raw, parse_overrides(list(overrides)))
+    return from_dict(RunConfig, resolve_raw(raw))
+
+
+def render_config(cfg: RunConfig, header: str | None = None) -> str:
+    return to_commented_yaml(cfg, header=header)
+
+
+__all__ = ["RunConfig", "load_run_config", "render_config", "run_presets", "preset_raw", "to_dict", "ConfigError"]

@@ -1,0 +1,257 @@
+"""Turning documents into a prepared dataset: train a tokenizer, split train/val, write token files.
+
+`prepare` streams: documents are read once into `documents.jsonl`, and every later pass (tokenizer
+training, encoding) re-reads that file, so neither the corpus nor its tokens are ever held in memory
+at once. `ensure_prepared` adds a cache keyed by the files' contents and the settings.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import sys
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+
+from tqdm import tqdm
+
+from lmforge.data.corpus import Document, iter_files, read_documents, source_list
+from lmforge.data.shards import SPLITS, TokenFileWriter, is_prepared, split_path, token_dtype, write_meta
+from lmforge.tokenizer import Tokenizer, build_tokenizer
+
+DOCUMENTS_FILE = "documents.jsonl"
+
+# Below this many documents a per-document split is too coarse (one document could be most of the
+# corpus), so every document's tail goes to val instead.
+MIN_DOCUMENTS_FOR_DOCUMENT_SPLIT = 20
+
+# How much text goes to the tokenizer in one encode_batch call: big enough for its parallelism to pay
+# off, small enough that the batch and its token lists fit comfortably in memory.
+ENCODE_BATCH_CHARS = 4_000_000
+
+# Part of the cache key: bump it when the prepared format changes so old cache entries are not reused.
+CACHE_FORMAT_VERSION = 1
+
+
+def prepare(
+    sources: str | Path | Sequence[str | Path],
+    out_dir: str | Path,
+    tokenizer: str = "bpe",
+    vocab_size: int = 4096,
+    val_fraction: float = 0.1,
+    seed: int = 1337,
+) -> dict:
+    """Tokenize the documents in `sources` into a dataset folder `out_dir`; return its meta.json contents.
+
+    The work happens in a temporary folder next to `out_dir` that is renamed into place at the end,
+    so an interrupted run never leaves a half-written dataset behind.
+    """
+    if not 0 <= val_fraction < 1:
+        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    sources = source_list(sources)
+    out_dir = Path(out_dir).expanduser()
+    _check_replaceable(out_dir)
+    work_dir = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"
+    shutil.rmtree(work_dir, ignore_errors=True)
+    work_dir.mkdir(parents=True)
+    try:
+        meta = _prepare_into(work_dir, sources, tokenizer, vocab_size, val_fraction, seed)
+        shutil.rmtree(out_dir, ignore_errors=True)
+        work_dir.rename(out_dir)
+    except BaseException:
+        shutil.rmtree(work_dir, ignore_errors=True)
+        raise
+    return meta
+
+
+def _check_replaceable(out_dir: Path) -> None:
+    """Refuse to overwrite a folder unless it is empty or an earlier prepared dataset."""
+    if out_dir.exists() and any(out_dir.iterdir()) and not is_prepared(out_dir):
+        raise ValueError(
+            f"{out_dir} already exists and is not a prepared dataset; choose an empty or new output folder"
+        )
+
+
+def _prepare_into(
+    work_dir: Path, sources: list[Path], tokenizer_spec: str, vocab_size: int, val_fraction: float, seed: int
+) -> dict:
+    """Do all of `prepare` inside `work_dir` and return the meta it wrote."""
+    documents_path = work_dir / DOCUMENTS_FILE
+    document_count = _write_documents(read_documents(sources), documents_path)
+    if document_count == 0:
+        raise ValueError(
+            f"no readable text documents found in {', '.join(map(str, sources))}; "
+            "point lmforge at files or folders that contain text files"
+        )
+
+    def texts() -> Iterator[str]:
+        return (document.text for document in _read_documents_file(documents_path))
+
+    tokenizer = build_tokenizer(tokenizer_spec, texts, vocab_size=vocab_size)
+    split = choose_split(document_count, val_fraction, seed)
+    writers = _write_token_files(work_dir, texts(), document_count, tokenizer, split, val_fraction, seed)
+    tokenizer.save(work_dir)
+    meta = {
+        "dtype": token_dtype(tokenizer.vocab_size).name,
+        "vocab_size": tokenizer.vocab_size,
+        "eot_id": tokenizer.eot_id,
+        "tokenizer": tokenizer.kind,
+        "train_tokens": writers["train"].tokens,
+        "val_tokens": writers["val"].tokens,
+        "documents": {name: writer.documents for name, writer in writers.items()},
+        "split": split,
+        "val_fraction": val_fraction,
+        "seed": seed,
+        "sources": [str(source.resolve()) for source in sources],
+    }
+    write_meta(work_dir, meta)
+    return meta
+
+
+def _write_documents(documents: Iterable[Document], path: Path) -> int:
+    """Write documents as JSON lines and return how many there were."""
+    count = 0
+    with open(path, "w", encoding="utf-8") as file:
+        for document in documents:
+            record = {"text": document.text, "source": document.source, "format": "text", "chars": len(document.text)}
+            file.write(json.dumps(record, ensure_ascii=False) + "\n")
+            count += 1
+    return count
+
+
+def _read_documents_file(path: Path) -> Iterator[Document]:
+    with open(path, encoding="utf-8") as file:
+        for line in file:
+            record = json.loads(line)
+            yield Document(text=record["text"], source=record["source"])
+
+
+def choose_split(document_count: int, val_fraction: float, seed: int) -> str:
+    """ "document" (whole documents go to train or val) or "document_tail" (every document's tail goes to val)."""
+    if val_fraction == 0:
+        return "document"
+    val_gets_some = any(is_val_document(index, val_fraction, seed) for index in range(document_count))
+    if document_count >= MIN_DOCUMENTS_FOR_DOCUMENT_SPLIT and val_gets_some:
+        return "document"
+    return "document_tail"
+
+
+def is_val_document(index: int, val_fraction: float, seed: int) -> bool:
+    """Whether document number `index` belongs to val: a seeded hash, so it is stable across runs and machines."""
+    digest = hashlib.sha1(f"{seed}:{index}".encode()).digest()
+    uniform = int.from_bytes(digest[:8], "big") / 2**64
+    return uniform < val_fraction
+
+
+def tail_start(text: str, val_fraction: float) -> int:
+    """Where the val part of `text` begins under the "document_tail" split: after the line break nearest
+    the cut point, so no line is split between train and val (mid-line only if the text is one line)."""
+    cut = round(len(text) * (1 - val_fraction))
+    line_breaks = [position + 1 for position in (text.rfind("\n", 0, cut), text.find("\n", cut)) if position != -1]
+    if not line_breaks:
+        return cut
+    return min(line_breaks, key=lambda position: abs(position - cut))
+
+
+def split_document(index: int, text: str, split: str, val_fraction: float, seed: int) -> list[tuple[str, str]]:
+    """The (split name, text) pieces one document contributes; empty pieces are left out."""
+    if split == "document":
+        return [("val" if is_val_document(index, val_fraction, seed) else "train", text)]
+    start = tail_start(text, val_fraction)
+    pieces = [("train", text[:start]), ("val", text[start:])]
+    return [(name, piece) for name, piece in pieces if piece]
+
+
+def _write_token_files(
+    work_dir: Path,
+    texts: Iterable[str],
+    document_count: int,
+    tokenizer: Tokenizer,
+    split: str,
+    val_fraction: float,
+    seed: int,
+) -> dict[str, TokenFileWriter]:
+    """Encode every document and append its tokens (plus EOT) to train.bin or val.bin; return the writers."""
+    dtype = token_dtype(tokenizer.vocab_size)
+    writers = {name: TokenFileWriter(split_path(work_dir, name), dtype) for name in SPLITS}
+    progress = tqdm(total=document_count, desc="encoding", unit="doc", file=sys.stderr)
+    try:
+        for batch in _batches_by_size(enumerate(texts), ENCODE_BATCH_CHARS):
+            pieces = [
+                piece for index, text in batch for piece in split_document(index, text, split, val_fraction, seed)
+            ]
+            encoded = tokenizer.encode_batch([text for _, text in pieces])
+            for (name, _), ids in zip(pieces, encoded):
+                writers[name].append_document(ids, tokenizer.eot_id)
+            progress.update(len(batch))
+    finally:
+        progress.close()
+        for writer in writers.values():
+            writer.close()
+    return writers
+
+
+def _batches_by_size(items: Iterable[tuple[int, str]], max_chars: int) -> Iterator[list[tuple[int, str]]]:
+    """Group (index, text) pairs into lists holding about `max_chars` characters of text each."""
+    batch, chars = [], 0
+    for item in items:
+        batch.append(item)
+        chars += len(item[1])
+        if chars >= max_chars:
+            yield batch
+            batch, chars = [], 0
+    if batch:
+        yield batch
+
+
+def ensure_prepared(
+    sources: str | Path | Sequence[str | Path],
+    cache_dir: str | Path,
+    tokenizer: str = "bpe",
+    vocab_size: int = 4096,
+    val_fraction: float = 0.1,
+    seed: int = 1337,
+) -> Path:
+    """Return a prepared dataset for `sources`, preparing it into `cache_dir` only when needed.
+
+    A single folder that already is a prepared dataset is used as is. Otherwise the dataset lives in
+    `cache_dir/<key>/`, where the key hashes the files' names and contents and the settings, so
+    editing a document or changing a setting prepares afresh and anything else reuses the cache.
+    """
+    sources = source_list(sources)
+    if len(sources) == 1 and is_prepared(sources[0]):
+        print(f"using prepared dataset {sources[0]}")
+        return sources[0]
+    settings = {"tokenizer": str(tokenizer), "vocab_size": vocab_size, "val_fraction": val_fraction, "seed": seed}
+    out_dir = Path(cache_dir).expanduser() / dataset_key(sources, settings)
+    if is_prepared(out_dir):
+        print(f"reusing prepared dataset {out_dir} (same files and settings)")
+        return out_dir
+    print(f"preparing dataset into {out_dir}")
+    prepare(sources, out_dir, tokenizer, vocab_size, val_fraction, seed)
+    return out_dir
+
+
+def dataset_key(sources: Sequence[Path], settings: dict) -> str:
+    """A short hash of every source file's relative path and contents, and of `settings`."""
+    key = hashlib.sha1(json.dumps({"format": CACHE_FORMAT_VERSION, **settings}, sort_keys=True).encode())
+    for source in sources:
+        for path in iter_files([source]):
+            key.update(_relative_name(path, source).encode())
+            key.update(_file_sha1(path))
+    return key.hexdigest()[:16]
+
+
+def _relative_name(path: Path, source: Path) -> str:
+    # A file named directly counts by its name, so the key does not depend on where the corpus lives.
+    return path.name if path == source else path.relative_to(source).as_posix()
+
+
+def _file_sha1(path: Path) -> bytes:
+    digest = hashlib.sha1()
+    with open(path, "rb") as file:
+        for chunk in iter(lambda: file.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.digest()

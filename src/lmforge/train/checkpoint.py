@@ -1,0 +1,129 @@
+"""Checkpoint folders: write atomically, find the one to resume from, prune old ones, load back.
+
+A checkpoint folder holds `model.safetensors` (weights; no pickle, safe to load from strangers),
+`config.json` (the ModelConfig), the tokenizer files and `meta.json` (step, epoch, losses).
+`last/` and `step-NNNNNN/` also hold `train_state.pt` (optimizer, scaler, RNG states, data
+position), read back with `torch.load(weights_only=True)`.
+
+Every folder is written under a temporary name and renamed into place, so a kill at any moment
+leaves the previous checkpoint intact.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_model, save_model
+
+from ..model.config import ModelConfig, config_from_dict, config_to_dict
+from ..model.gpt import GPT
+
+STEP_DIR = re.compile(r"^step-(\d{6,})$")
+
+
+def _write_json(path: Path, data: dict) -> None:
+    path.write_text(json.dumps(data, indent=2) + "\n")
+
+
+def _replace_dir(tmp: Path, final: Path) -> None:
+    """Move a finished temporary folder to `final`, replacing an older one.
+
+    The old folder is first renamed aside (an atomic step), then the new one renamed in; if we die
+    between the two renames, find_resume() still finds the aside copy.
+    """
+    aside = final.with_name(f".old-{final.name}")
+    if aside.exists():
+        shutil.rmtree(aside)
+    if final.exists():
+        os.replace(final, aside)
+    os.replace(tmp, final)
+    if aside.exists():
+        shutil.rmtree(aside)
+
+
+def save_checkpoint(run_dir: str | Path, name: str, model: GPT, tokenizer, meta: dict,
+                    train_state: dict | None = None) -> Path:
+    """Write checkpoint folder run_dir/name (e.g. "best", "step-000500") atomically."""
+    run_dir = Path(run_dir)
+    final = run_dir / name
+    tmp = run_dir / f".tmp-{name}-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    save_model(model, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+    _write_json(tmp / "config.json", config_to_dict(model.config))
+    tokenizer.save(tmp)
+    _write_json(tmp / "meta.json", meta)
+    if train_state is not None:
+        torch.save(train_state, tmp / "train_state.pt")
+    _replace_dir(tmp, final)
+    return final
+
+
+def link_checkpoint(src: Path, name: str) -> Path:
+    """Make run_dir/name a copy of checkpoint `src` using hard links (no extra disk, still atomic)."""
+    tmp = src.parent / f".tmp-{name}-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    for f in src.iterdir():
+        try:
+            os.link(f, tmp / f.name)
+        except OSError:  # file systems without hard links
+            shutil.copy2(f, tmp / f.name)
+    final = src.parent / name
+    _replace_dir(tmp, final)
+    return final
+
+
+def prune_step_checkpoints(run_dir: str | Path, keep_last: int) -> None:
+    steps = sorted(p for p in Path(run_dir).iterdir() if p.is_dir() and STEP_DIR.match(p.name))
+    for old in steps[: max(0, len(steps) - keep_last)]:
+        shutil.rmtree(old)
+
+
+def is_checkpoint(path: str | Path) -> bool:
+    path = Path(path)
+    return (path / "model.safetensors").is_file() and (path / "config.json").is_file()
+
+
+def find_resume(run_dir: str | Path) -> Path | None:
+    """The checkpoint a resumed run continues from: last/, or its aside copy from an interrupted save."""
+    for name in ("last", ".old-last"):
+        path = Path(run_dir) / name
+        if is_checkpoint(path) and (path / "train_state.pt").is_file():
+            return path
+    return None
+
+
+def load_train_state(ckpt_dir: str | Path) -> dict:
+    return torch.load(Path(ckpt_dir) / "train_state.pt", map_location="cpu", weights_only=True)
+
+
+def read_meta(ckpt_dir: str | Path) -> dict:
+    return json.loads((Path(ckpt_dir) / "meta.json").read_text())
+
+
+def read_model_config(ckpt_dir: str | Path) -> ModelConfig:
+    return config_from_dict(json.loads((Path(ckpt_dir) / "config.json").read_text()))
+
+
+def load_weights(model: GPT, ckpt_dir: str | Path) -> None:
+    """Load model.safetensors into `model` (shapes must match)."""
+    missing, unexpected = load_model(model, str(Path(ckpt_dir) / "model.safetensors"), strict=False)
+    if unexpected or [k for k in missing if k != "lm_head.weight"]:
+        raise ValueError(f"{ckpt_dir}: weights do not fit the model (missing {missing}, unexpected {unexpected})")
+
+
+def load_model_from_checkpoint(ckpt_dir: str | Path, device: str | torch.device = "cpu") -> GPT:
+    ckpt_dir = Path(ckpt_dir)
+    if not is_checkpoint(ckpt_dir):
+        raise ValueError(f"{ckpt_dir} is not an lmforge checkpoint (model.safetensors and config.json expected)")
+    model = GPT(read_model_config(ckpt_dir))
+    load_weights(model, ckpt_dir)
+    return model.to(device)

@@ -1,0 +1,60 @@
+"""AdamW with decay/no-decay parameter groups, and the learning-rate schedule.
+
+Weight decay pulls weights toward zero. It helps matrices (it limits their scale) but hurts
+gains, biases and embeddings, so those go into a group with weight_decay=0 -- the same rule as
+GPT-2/nanoGPT: decay every parameter with 2+ dimensions except the token/position tables.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+
+import torch
+
+from .config import TrainConfig
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():  # shared (tied) tensors are listed once
+        if not p.requires_grad:
+            continue
+        is_table = name.endswith(("tok_emb.weight", "pos_emb.weight"))
+        (decay if p.dim() >= 2 and not is_table else no_decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def build_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
+    kwargs = {}
+    # The fused CUDA kernel updates all parameters in one launch; on CPU the default foreach path is best.
+    if device.type == "cuda" and "fused" in inspect.signature(torch.optim.AdamW).parameters:
+        kwargs["fused"] = True
+    return torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr,
+                             betas=(cfg.beta1, cfg.beta2), **kwargs)
+
+
+def lr_at(step: int, cfg: TrainConfig, progress: float) -> float:
+    """Learning rate for optimizer step `step` (0-based).
+
+    Linear warmup over `warmup_steps`, then decay from lr to min_lr as `progress` (the share of the
+    run after warmup that is done, 0..1) goes from 0 to 1.
+    """
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    progress = min(max(progress, 0.0), 1.0)
+    if cfg.schedule == "constant":
+        return cfg.lr
+    if cfg.schedule == "linear":
+        return cfg.lr - (cfg.lr - cfg.min_lr) * progress
+    return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1.0 + math.cos(math.pi * progress))
+
+
+def decay_progress(step: int, total_steps: int | None, warmup_steps: int,
+                   elapsed: float, max_time: float | None) -> float:
+    """How far through the decay phase we are: by steps when the length is known, else by time."""
+    if total_steps is not None:
+        return (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    if max_time:
+        return elapsed / max_time
+    return 0.0

@@ -1,0 +1,41 @@
+"""TrainState: the counters a run needs to continue exactly where it stopped, and the RNG snapshot."""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import asdict, dataclass
+
+import torch
+
+
+@dataclass
+class TrainState:
+    step: int = 0                     # optimizer steps done
+    tokens_seen: int = 0              # training tokens consumed (all ranks)
+    elapsed: float = 0.0              # seconds of training, summed over resumed sessions
+    best_val_loss: float = math.inf
+    best_step: int | None = None
+    evals_since_best: int = 0         # for early stopping
+
+    def state_dict(self) -> dict:
+        return asdict(self)
+
+    def load_state_dict(self, data: dict) -> None:
+        for key, value in data.items():
+            setattr(self, key, value)
+
+
+def capture_rng() -> dict:
+    """Every random generator training touches (dropout uses torch's), so a resume replays them."""
+    state = {"python": random.getstate(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: dict) -> None:
+    random.setstate(state["python"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
