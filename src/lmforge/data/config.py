@@ -17,7 +17,7 @@ class DataConfig:
     val_fraction: float = field(default=0.1, metadata={"help": "share of documents held out for validation"})
     cache_dir: str = field(default="~/.cache/lmforge/prepared", metadata={
         "help": "where raw paths are prepared into token shards (reused while the files are unchanged)"})
-    default_corpus_bytes: int = field(default=3_000_000, metadata={
+    default_corpus_bytes: int = field(default=5_000_000, metadata={
         "help": "size cap of the built-in demo corpus"})
 
     def validate(self) -> None:

@@ -12,7 +12,7 @@ class TrainConfig:
 
     out_dir: str = field(default="checkpoints", metadata={"help": "run directory: checkpoints, metrics, plots"})
     # ---- how long
-    max_steps: int | None = field(default=2000, metadata={"help": "stop after this many optimizer steps"})
+    max_steps: int | None = field(default=1000, metadata={"help": "stop after this many optimizer steps"})
     epochs: float | None = field(default=None, metadata={"help": "stop after this many passes over the training data"})
     max_time: float | None = field(default=None, metadata={"help": "stop after this many seconds of training"})
     # ---- batch
@@ -21,7 +21,7 @@ class TrainConfig:
     # ---- optimizer and schedule
     lr: float = field(default=1e-3, metadata={"help": "peak learning rate (reached after warmup)"})
     min_lr: float = field(default=1e-4, metadata={"help": "learning rate at the end of the decay"})
-    warmup_steps: int = field(default=100, metadata={"help": "steps of linear warmup from 0 to lr"})
+    warmup_steps: int = field(default=50, metadata={"help": "steps of linear warmup from 0 to lr"})
     schedule: Literal["cosine", "linear", "constant"] = field(default="cosine", metadata={
         "help": "decay from lr to min_lr after warmup"})
     weight_decay: float = field(default=0.1, metadata={"help": "AdamW decoupled weight decay (matrices only)"})
@@ -33,10 +33,10 @@ class TrainConfig:
     device: str = field(default="auto", metadata={"help": "auto | cpu | cuda | cuda:N | mps"})
     compile: bool = field(default=False, metadata={"help": "torch.compile the model (slow first step)"})
     # ---- evaluation, samples, early stopping
-    eval_interval: int = field(default=200, metadata={"help": "validate every N steps"})
+    eval_interval: int = field(default=100, metadata={"help": "validate every N steps"})
     eval_steps: int = field(default=20, metadata={"help": "validation batches per evaluation"})
     log_interval: int = field(default=10, metadata={"help": "log train loss every N steps"})
-    sample_interval: int = field(default=500, metadata={"help": "write sample generations every N steps; 0 = off"})
+    sample_interval: int = field(default=250, metadata={"help": "write sample generations every N steps; 0 = off"})
     sample_prompt: str = field(default="", metadata={"help": "prompt for samples ('' = start of a document)"})
     sample_tokens: int = field(default=128, metadata={"help": "tokens per sample"})
     early_stopping_patience: int | None = field(default=None, metadata={

@@ -157,7 +157,8 @@ def load_metrics(run_dir_or_file: str | Path) -> dict[str, Any]:
     try:
         metrics = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as error:
-        raise ValueError(f"{path} is not valid JSON ({error}); delete it or restore it from a backup.") from error
+        raise ValueError(f"{path} is not valid JSON ({error}); delete it or restore it "
+                         "from a backup.") from error
     _check_columns(metrics, path)
     metrics.setdefault(NONFINITE_KEY, [])
     return metrics
@@ -165,7 +166,8 @@ def load_metrics(run_dir_or_file: str | Path) -> dict[str, Any]:
 
 def _check_columns(metrics: Any, path: Path) -> None:
     if not isinstance(metrics, dict) or any(not isinstance(metrics.get(key), list) for key in METRIC_KEYS):
-        raise ValueError(f"{path} is not a metrics file: it must hold one list for each of {', '.join(METRIC_KEYS)}.")
+        raise ValueError(f"{path} is not a metrics file: it must hold one list for each of "
+                         f"{', '.join(METRIC_KEYS)}.")
     lengths = {key: len(metrics[key]) for key in METRIC_KEYS}
     if len(set(lengths.values())) > 1:
         raise ValueError(f"{path} is damaged: its metric lists have different lengths {lengths}.")

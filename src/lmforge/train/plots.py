@@ -71,20 +71,30 @@ def summarize_epochs(metrics: dict[str, Any]) -> list[EpochSummary]:
 
 
 def plot_training_curve(metrics: dict[str, Any], path: str | Path) -> Path:
+    """Save training_curve_figure() as a PNG at `path`."""
+    return _save(training_curve_figure(metrics), path)
+
+
+def plot_loss_by_epoch(metrics: dict[str, Any], path: str | Path) -> Path:
+    """Save loss_by_epoch_figure() as a PNG at `path`."""
+    return _save(loss_by_epoch_figure(metrics), path)
+
+
+def training_curve_figure(metrics: dict[str, Any]) -> Figure:
     """Train and validation loss (top) and learning rate on a log scale (bottom) against step."""
     if not metrics.get("steps"):
-        return _save_no_data_figure("Training curve", path)
+        return _no_data_figure("Training curve")
     figure = _new_figure(figsize=(9, 7))
     loss_axes, lr_axes = figure.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
     _draw_losses(loss_axes, metrics)
     _draw_learning_rate(lr_axes, metrics)
-    return _save(figure, path)
+    return figure
 
 
-def plot_loss_by_epoch(metrics: dict[str, Any], path: str | Path) -> Path:
+def loss_by_epoch_figure(metrics: dict[str, Any]) -> Figure:
     """Mean train loss and last validation loss of each epoch, against the epoch number."""
     if not metrics.get("steps"):
-        return _save_no_data_figure("Loss by epoch", path)
+        return _no_data_figure("Loss by epoch")
     summaries = summarize_epochs(metrics)
     epochs = [summary.epoch for summary in summaries]
     figure = _new_figure(figsize=(8, 5))
@@ -101,7 +111,7 @@ def plot_loss_by_epoch(metrics: dict[str, Any], path: str | Path) -> Path:
         axes.xaxis.set_major_locator(_integer_ticks())
     axes.set_xlim(min(epochs) - 0.5, max(epochs) + 0.5)
     _label(axes, xlabel="epoch", ylabel="cross-entropy loss")
-    return _save(figure, path)
+    return figure
 
 
 def write_plots(run_dir: str | Path, metrics: dict[str, Any] | None = None) -> list[Path]:
@@ -162,14 +172,14 @@ def _integer_ticks():
     return MaxNLocator(integer=True)  # whole epoch numbers, thinned out for long runs
 
 
-def _save_no_data_figure(title: str, path: str | Path) -> Path:
+def _no_data_figure(title: str) -> Figure:
     figure = _new_figure(figsize=(6, 4))
     axes = figure.subplots()
     axes.set_title(title)
     axes.text(0.5, 0.5, "no data yet", ha="center", va="center", fontsize=16, color="gray",
               transform=axes.transAxes)
     axes.set_axis_off()
-    return _save(figure, path)
+    return figure
 
 
 def _new_figure(figsize: tuple[float, float]) -> Figure:

@@ -1,0 +1,223 @@
+"""Tests for lmforge.train.diagnose: verdicts on synthetic learning curves."""
+
+import math
+import random
+
+import pytest
+
+from lmforge.train.diagnose import DIAGNOSIS_FILENAME, VERDICTS, diagnose, write_diagnosis
+from lmforge.train.metrics import METRIC_KEYS, MetricsLog
+
+LAST_STEP = 3000
+
+
+def cosine_lr(step):
+    """Warm-free cosine decay from 3e-4 down to 10% of it at LAST_STEP."""
+    return 3e-4 * (0.1 + 0.45 * (1 + math.cos(math.pi * step / LAST_STEP)))
+
+
+def constant_lr(step):
+    return 3e-4
+
+
+def run(train, val, lr=cosine_lr, noise=0.0, seed=0, log_every=20, eval_every=200, last_step=LAST_STEP):
+    """Metrics of a synthetic run: train(step) and val(step) give the noiseless losses.
+
+    Each train loss gets `noise` relative Gaussian noise (batch noise); each validation loss
+    a third of it, since an evaluation averages many batches.
+    """
+    rng = random.Random(seed)
+    metrics = {key: [] for key in METRIC_KEYS}
+    for step in range(0, last_step + 1, log_every):
+        evaluated = step % eval_every == 0
+        row = {
+            "steps": step,
+            "epochs": step / 1000,
+            "train_loss": train(step) * (1 + rng.gauss(0, noise)),
+            "val_loss": val(step) * (1 + rng.gauss(0, noise / 3)) if evaluated else None,
+            "val_perplexity": None,
+            "learning_rate": lr(step),
+            "tokens_seen": step * 4096,
+            "tokens_per_sec": 1e4,
+            "grad_norm": 1.0,
+        }
+        for key in METRIC_KEYS:
+            metrics[key].append(row[key])
+    metrics["nonfinite_steps"] = []
+    return metrics
+
+
+def decaying(floor, scale=8.0, time=300.0):
+    """floor + scale * exp(-step / time): a loss that falls fast, then levels off at `floor`."""
+    return lambda step: floor + scale * math.exp(-step / time)
+
+
+def overfitting_val(step):
+    """Falls like a normal curve, then climbs 0.3 per 1000 steps after step 1800."""
+    return decaying(2.3, time=400)(step) + max(0.0, (step - 1800) / 3000)
+
+
+def overfitting_train(step):
+    return decaying(1.0, time=400)(step) - step / 6000
+
+
+def blowing_up(floor):
+    """Normal until step 2000, then the loss climbs by 0.5 every 100 steps."""
+    return lambda step: decaying(floor)(step) + max(0.0, (step - 2000) / 200)
+
+
+CURVES = {
+    "well fit": dict(train=decaying(2.0), val=decaying(2.1)),
+    "under-fit": dict(train=decaying(2.0, time=3000), val=decaying(2.05, time=3000)),
+    "over-fit": dict(train=overfitting_train, val=overfitting_val),
+    "plateau": dict(train=decaying(3.0), val=decaying(3.1), lr=constant_lr),
+    "diverging": dict(train=blowing_up(2.0), val=blowing_up(2.1)),
+}
+
+
+@pytest.mark.parametrize("verdict", CURVES)
+def test_clean_curves_get_their_verdict(verdict):
+    assert diagnose(run(**CURVES[verdict])).verdict == verdict
+
+
+@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize("verdict", CURVES)
+def test_noisy_curves_keep_their_verdict(verdict, seed):
+    assert diagnose(run(**CURVES[verdict], noise=0.04, seed=seed)).verdict == verdict
+
+
+@pytest.mark.parametrize(("gap", "verdict"), [(0.02, "under-fit"), (0.3, "well fit")])
+def test_slow_late_fall_is_under_fit_only_when_val_is_level_with_train(gap, verdict):
+    # Both losses fall about 2% across the tail: between "flat" (1%) and "clearly falling" (3%).
+    train = decaying(2.0, time=550)
+
+    diagnosis = diagnose(run(train=train, val=lambda step: train(step) + gap))
+
+    assert 0.01 < diagnosis.numbers["val_tail_drop"] < 0.03
+    assert diagnosis.verdict == verdict
+
+
+def test_overfit_names_the_step_of_the_best_validation_loss():
+    diagnosis = diagnose(run(**CURVES["over-fit"]))
+
+    assert diagnosis.numbers["val_loss_best_step"] == 1800
+    assert "over-fitting since step 1800" in diagnosis.text.lower()
+    assert "best/ checkpoint" in diagnosis.text
+
+
+def test_overfit_needs_a_rise_above_evaluation_noise():
+    small_rise = lambda step: decaying(2.3, time=400)(step) + max(0.0, (step - 1800) / 100_000)  # noqa: E731
+
+    diagnosis = diagnose(run(train=overfitting_train, val=small_rise))
+
+    assert diagnosis.verdict != "over-fit"
+    assert diagnosis.numbers["val_rise_above_best"] < 0.04
+
+
+def test_stalled_learning_with_a_decayed_schedule_is_a_plateau():
+    # Stuck near 7.5 from step ~300 on: barely below where it started, although the LR decayed.
+    metrics = run(train=decaying(7.5, scale=3, time=100), val=decaying(7.6, scale=3, time=100))
+
+    diagnosis = diagnose(metrics)
+
+    assert diagnosis.verdict == "plateau"
+    assert "stalled" in diagnosis.text
+
+
+def test_plateau_at_a_high_learning_rate_suggests_decaying_it():
+    diagnosis = diagnose(run(**CURVES["plateau"]))
+
+    assert "Decay the learning rate" in diagnosis.text
+
+
+def test_nan_at_the_end_is_diverging_from_that_step():
+    metrics = run(**CURVES["well fit"])
+    metrics["train_loss"][-3:] = [float("nan")] * 3
+
+    diagnosis = diagnose(metrics)
+
+    assert diagnosis.verdict == "diverging"
+    assert diagnosis.numbers["first_nonfinite_step"] == LAST_STEP - 40
+    assert f"step {LAST_STEP - 40}" in diagnosis.text
+
+
+def test_nan_written_by_the_metrics_log_is_seen_as_diverging(tmp_path):
+    log = MetricsLog(tmp_path)
+    for step in range(0, 100, 10):
+        loss = 3.0 - step / 100 if step < 70 else float("inf")
+        log.log(step=step, epoch=step / 50, train_loss=loss, learning_rate=1e-3, tokens_seen=step,
+                val_loss=3.1 - step / 100 if step % 20 == 0 else None)
+
+    diagnosis = write_diagnosis(tmp_path)
+
+    assert diagnosis.verdict == "diverging"
+    assert diagnosis.numbers["first_nonfinite_step"] == 70
+
+
+def test_diverging_reports_where_the_loss_was_lowest():
+    diagnosis = diagnose(run(**CURVES["diverging"], noise=0.02))
+
+    assert 1800 <= diagnosis.numbers["train_loss_min_step"] <= 2200
+    assert "Lower the learning rate" in diagnosis.text
+
+
+def test_losses_rising_together_is_instability_not_overfitting():
+    rising = lambda step: decaying(2.0)(step) + max(0.0, (step - 2000) / 5000)  # noqa: E731
+
+    diagnosis = diagnose(run(train=rising, val=lambda step: rising(step) + 0.1))
+
+    assert diagnosis.verdict == "diverging"
+
+
+def test_divergence_is_found_even_without_validation():
+    metrics = run(**CURVES["diverging"], eval_every=10**9)  # only step 0 is evaluated
+    metrics["val_loss"] = [None] * len(metrics["steps"])
+
+    assert diagnose(metrics).verdict == "diverging"
+
+
+def test_no_validation_at_all_is_too_short_to_judge():
+    metrics = run(**CURVES["well fit"])
+    metrics["val_loss"] = [None] * len(metrics["steps"])
+
+    diagnosis = diagnose(metrics)
+
+    assert diagnosis.verdict == "too short to judge"
+    assert "no validation loss" in diagnosis.text.lower()
+    assert diagnosis.numbers["val_loss_final"] is None
+
+
+def test_two_evaluations_are_too_short_to_judge():
+    diagnosis = diagnose(run(**CURVES["under-fit"], last_step=200, eval_every=200))
+
+    assert diagnosis.numbers["val_points"] == 2
+    assert diagnosis.verdict == "too short to judge"
+
+
+def test_empty_metrics_are_too_short_to_judge():
+    diagnosis = diagnose({key: [] for key in METRIC_KEYS})
+
+    assert diagnosis.verdict == "too short to judge"
+    assert diagnosis.text.startswith("Verdict: too short to judge\n")
+
+
+def test_numbers_behind_the_verdict_are_reported():
+    numbers = diagnose(run(**CURVES["under-fit"])).numbers
+
+    assert numbers["val_loss_initial"] == pytest.approx(10.05)
+    assert numbers["val_loss_initial_step"] == 0
+    assert numbers["val_loss_final_step"] == LAST_STEP
+    assert numbers["val_loss_best"] == numbers["val_loss_final"]  # still falling: best is the last
+    assert numbers["val_perplexity_final"] == pytest.approx(math.exp(numbers["val_loss_final"]))
+    assert numbers["train_slope_per_1k_steps"] < 0 and numbers["val_slope_per_1k_steps"] < 0
+    assert abs(numbers["train_val_gap"]) < 0.1
+    assert numbers["learning_rate_final"] == pytest.approx(3e-5)
+
+
+def test_write_diagnosis_writes_the_text_with_the_verdict_first(tmp_path):
+    diagnosis = write_diagnosis(tmp_path, run(**CURVES["over-fit"]))
+
+    text = (tmp_path / DIAGNOSIS_FILENAME).read_text()
+    assert text == diagnosis.text
+    assert text.splitlines()[0] == "Verdict: over-fit"
+    assert diagnosis.verdict in VERDICTS

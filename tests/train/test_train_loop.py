@@ -1,0 +1,184 @@
+"""The training loop: gradient accumulation, exact resume, stopping rules, NaN handling, artifacts."""
+
+import json
+import os
+import signal
+from dataclasses import replace
+
+import pytest
+import torch
+
+from lmforge.data.loader import TokenBatches
+from lmforge.model.config import ModelConfig
+from lmforge.model.gpt import GPT
+from lmforge.tokenizer import load_tokenizer
+from lmforge.train.config import TrainConfig
+from lmforge.train.loop import Trainer
+from lmforge.train.objectives import lm_loss_sum
+
+BLOCK = 32
+
+
+def make_trainer(data_dir, run_dir, loss_fn=lm_loss_sum, dropout=0.0, **train):
+    tokenizer = load_tokenizer(data_dir)
+    torch.manual_seed(0)
+    model = GPT(ModelConfig(n_layer=2, n_head=2, n_embd=32, block_size=BLOCK, vocab_size=tokenizer.vocab_size,
+                            dropout=dropout))
+    cfg = TrainConfig(**{**dict(out_dir=str(run_dir), max_steps=20, batch_size=4, lr=3e-3, warmup_steps=5,
+                                eval_interval=10, eval_steps=4, log_interval=1, sample_interval=0,
+                                save_interval=10, resume="never", seed=0), **train})
+    batches = TokenBatches(data_dir, "train", BLOCK, cfg.batch_size, seed=cfg.seed)
+    val = TokenBatches(data_dir, "val", BLOCK, cfg.batch_size, seed=cfg.seed)
+    return Trainer(model, tokenizer, batches, val, cfg, run_dir, torch.device("cpu"), "fp32", loss_fn)
+
+
+def metrics(run_dir):
+    return json.loads((run_dir / "training_metrics.json").read_text())
+
+
+def test_accumulating_k_batches_of_b_equals_one_batch_of_kb(tiny_data, tmp_path):
+    whole = make_trainer(tiny_data, tmp_path / "a", batch_size=8, grad_accum_steps=1)
+    parts = make_trainer(tiny_data, tmp_path / "b", batch_size=4, grad_accum_steps=2)
+    loss_whole, loss_parts = whole.train_step(), parts.train_step()
+    assert loss_whole.item() == pytest.approx(loss_parts.item(), rel=1e-6)
+    for (name, p), q in zip(whole.model.named_parameters(), parts.model.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_accumulation_normalises_over_all_targets_when_masks_differ(tiny_data, tmp_path):
+    """With some labels masked (-100), micro-batches hold unequal token counts; the step must still equal one big batch."""
+    def mask_targets(batches):
+        next_batch = batches.next_batch
+
+        def masked():
+            x, y = next_batch()
+            y[::2, : BLOCK // 2] = -100  # every other row loses half its targets
+            return x, y
+        batches.next_batch = masked
+
+    whole = make_trainer(tiny_data, tmp_path / "a", batch_size=8, grad_accum_steps=1)
+    parts = make_trainer(tiny_data, tmp_path / "b", batch_size=2, grad_accum_steps=4)
+    mask_targets(whole.train_batches), mask_targets(parts.train_batches)
+    whole.train_step(), parts.train_step()
+    for p, q in zip(whole.model.parameters(), parts.model.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+
+
+def test_resume_after_interrupt_gives_bit_identical_losses(tiny_data, tmp_path):
+    straight = make_trainer(tiny_data, tmp_path / "straight", dropout=0.1, max_steps=40, save_interval=20)
+    straight.fit()
+
+    calls = {"n": 0}
+
+    def interrupt_at_step_20(model, x, y):
+        calls["n"] += model.training  # validation calls do not count
+        if model.training and calls["n"] == 20:  # one micro-batch per step: we are inside step 20
+            os.kill(os.getpid(), signal.SIGINT)
+        return lm_loss_sum(model, x, y)
+
+    run = tmp_path / "resumed"
+    first = make_trainer(tiny_data, run, interrupt_at_step_20, dropout=0.1, max_steps=40, save_interval=20)
+    result = first.fit()
+    assert result.stop_reason == "interrupted (SIGINT)" and result.steps == 20
+    assert json.loads((run / "last" / "meta.json").read_text())["step"] == 20
+
+    second = make_trainer(tiny_data, run, dropout=0.1, max_steps=40, save_interval=20, resume="auto")
+    assert second.resumed_from is not None and second.state.step == 20
+    second.fit()
+    a, b = metrics(tmp_path / "straight"), metrics(run)
+    assert a["steps"] == b["steps"] == list(range(1, 41))
+    assert a["train_loss"] == b["train_loss"]  # exact equality: same data, RNG, optimizer state
+    assert a["val_loss"] == b["val_loss"]
+
+
+def test_run_writes_every_artifact(tiny_data, tmp_path):
+    run = tmp_path / "run"
+    result = make_trainer(tiny_data, run, max_steps=30, sample_interval=15, keep_last=1).fit()
+    assert result.stop_reason == "max_steps reached"
+    for name in ("training_metrics.json", "training_curve.png", "loss_by_epoch.png", "samples.jsonl", "diagnosis.txt"):
+        assert (run / name).is_file(), name
+    assert sorted(p.name for p in run.iterdir() if p.is_dir()) == ["best", "last", "step-000030"]
+    assert (run / "last" / "train_state.pt").is_file() and not (run / "best" / "train_state.pt").exists()
+    samples = [json.loads(line) for line in (run / "samples.jsonl").read_text().splitlines()]
+    assert [s["step"] for s in samples] == [15, 30] and all(isinstance(s["text"], str) for s in samples)
+    m = metrics(run)
+    assert m["train_loss"][-1] < m["train_loss"][0]
+    assert m["val_loss"][9] is not None and m["val_loss"][0] is None
+    best_meta = json.loads((run / "best" / "meta.json").read_text())
+    assert best_meta["val_loss"] == pytest.approx(min(v for v in m["val_loss"] if v is not None))
+
+
+def test_epochs_stop_the_run_and_set_the_schedule_length(tiny_data, tmp_path):
+    trainer = make_trainer(tiny_data, tmp_path / "run", max_steps=None, epochs=1.0)
+    per_epoch = trainer.train_batches.batches_per_epoch
+    assert trainer.total_steps == per_epoch
+    result = trainer.fit()
+    assert result.stop_reason == "epochs reached" and result.steps == per_epoch
+
+
+def test_max_time_stops_the_run(tiny_data, tmp_path):
+    result = make_trainer(tiny_data, tmp_path / "run", max_steps=None, max_time=1.0).fit()
+    assert result.stop_reason == "max_time reached"
+    assert 1.0 <= result.elapsed < 10.0
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tiny_data, tmp_path):
+    calls = {"n": 0}
+
+    def explodes_at_step_15(model, x, y):
+        if model.training:
+            calls["n"] += 1
+        loss = lm_loss_sum(model, x, y)
+        return loss * float("nan") if calls["n"] >= 15 else loss
+
+    run = tmp_path / "run"
+    result = make_trainer(tiny_data, run, explodes_at_step_15, max_steps=40).fit()
+    assert result.stop_reason.startswith("diverged") and result.steps == 15
+    assert json.loads((run / "last" / "meta.json").read_text())["step"] == 10  # the save before the NaN
+    assert (run / "diagnosis.txt").read_text().startswith("Verdict: diverging")
+
+
+def test_early_stopping_when_validation_stops_improving(tiny_data, tmp_path):
+    evals = {"n": 0}
+
+    def val_gets_worse(model, x, y):
+        # Validation runs in eval mode (4 batches per evaluation); after the 2nd evaluation it degrades.
+        loss = lm_loss_sum(model, x, y)
+        if model.training:
+            return loss
+        evals["n"] += 1
+        evaluation = (evals["n"] - 1) // 4 + 1
+        return loss * (1.0 if evaluation <= 2 else 1.0 + 0.5 * evaluation)
+
+    run = tmp_path / "run"
+    result = make_trainer(tiny_data, run, val_gets_worse, max_steps=200, eval_interval=5,
+                          early_stopping_patience=2).fit()
+    assert result.stop_reason.startswith("early stopping")
+    assert result.steps == 20 and result.best_step == 10
+    assert json.loads((run / "best" / "meta.json").read_text())["step"] == 10
+
+
+def test_warmup_then_cosine_schedule():
+    from lmforge.train.optim import lr_at
+
+    cfg = TrainConfig(lr=1.0, min_lr=0.1, warmup_steps=10)
+    assert lr_at(0, cfg, 0.0) == pytest.approx(0.1)
+    assert lr_at(9, cfg, 0.0) == pytest.approx(1.0)
+    assert lr_at(50, cfg, 0.5) == pytest.approx(0.55)
+    assert lr_at(100, cfg, 1.0) == pytest.approx(0.1)
+    linear = replace(cfg, schedule="linear")
+    assert lr_at(50, linear, 0.25) == pytest.approx(1.0 - 0.9 * 0.25)
+    assert lr_at(50, replace(cfg, schedule="constant"), 0.7) == 1.0
+
+
+def test_decay_and_no_decay_groups():
+    from lmforge.train.optim import param_groups
+
+    model = GPT(ModelConfig(n_layer=1, n_head=2, n_embd=16, block_size=8, vocab_size=20))
+    decay, no_decay = param_groups(model, 0.1)
+    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+    decay_ids = {id(p) for p in decay["params"]}
+    assert id(model.blocks[0].attn.q.weight) in decay_ids
+    assert id(model.tok_emb.weight) not in decay_ids and id(model.blocks[0].attn.q.bias) not in decay_ids
+    total = sum(p.numel() for g in (decay, no_decay) for p in g["params"])
+    assert total == model.num_params()
