@@ -87,6 +87,10 @@ def _build_and_validate(cls: type, kwargs: dict[str, Any], path: str) -> Any:
         if callable(validate):
             validate()
     except ValueError as err:
+        # A message that starts with one of the fields ("lr: must be ...") gets the full key path.
+        field_name, sep, rest = str(err).partition(": ")
+        if sep and field_name in _init_fields(cls):
+            raise _error(_join(path, field_name), rest) from err
         raise _error(path, str(err)) from err
     return obj
 

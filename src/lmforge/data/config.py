@@ -22,6 +22,6 @@ class DataConfig:
 
     def validate(self) -> None:
         if not 0.0 <= self.val_fraction < 1.0:
-            raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+            raise ValueError(f"val_fraction: must be in [0, 1), got {self.val_fraction}")
         if self.vocab_size < 260:
-            raise ValueError(f"vocab_size must be at least 260 (256 bytes + specials), got {self.vocab_size}")
+            raise ValueError(f"vocab_size: must be at least 260 (256 bytes + specials), got {self.vocab_size}")

@@ -62,18 +62,18 @@ class ModelConfig:
 
     def validate(self) -> None:
         if self.n_embd % self.n_head:
-            raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+            raise ValueError(f"n_embd: {self.n_embd} must be divisible by n_head ({self.n_head})")
         if self.n_head % self.kv_heads:
-            raise ValueError(f"n_head ({self.n_head}) must be divisible by n_kv_head ({self.kv_heads})")
+            raise ValueError(f"n_kv_head: n_head ({self.n_head}) must be divisible by n_kv_head ({self.kv_heads})")
         if self.pos == "rope" and self.head_dim % 2:
             raise ValueError(f"RoPE needs an even head size, got n_embd/n_head = {self.head_dim}")
         if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+            raise ValueError(f"dropout: must be in [0, 1), got {self.dropout}")
         for name in ("n_layer", "n_head", "n_embd", "block_size"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+                raise ValueError(f"{name}: must be at least 1, got {getattr(self, name)}")
         if self.preset is not None and self.preset not in PRESETS:
-            raise ValueError(f"unknown preset {self.preset!r}; choose one of {', '.join(sorted(PRESETS))}")
+            raise ValueError(f"preset: unknown preset {self.preset!r}; choose one of {', '.join(sorted(PRESETS))}")
 
 
 _GPT2 = dict(norm="layernorm", pos="learned", mlp="gelu", bias=True, tie_embeddings=True)

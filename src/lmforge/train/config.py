@@ -52,11 +52,15 @@ class TrainConfig:
     def validate(self) -> None:
         if self.max_steps is None and self.epochs is None and self.max_time is None:
             raise ValueError("set at least one of max_steps, epochs or max_time, or the run never ends")
+        for name in ("max_steps", "epochs", "max_time"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ValueError(f"{name}: must be positive (or null), got {value}")
         positive = ["batch_size", "grad_accum_steps", "eval_interval", "eval_steps", "log_interval", "save_interval"]
         for name in positive:
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+                raise ValueError(f"{name}: must be at least 1, got {getattr(self, name)}")
         if self.lr <= 0 or self.min_lr < 0 or self.min_lr > self.lr:
-            raise ValueError(f"need 0 <= min_lr <= lr and lr > 0, got lr={self.lr}, min_lr={self.min_lr}")
+            raise ValueError(f"min_lr: need 0 <= min_lr <= lr and lr > 0, got lr={self.lr}, min_lr={self.min_lr}")
         if self.warmup_steps < 0 or self.keep_last < 0 or self.sample_interval < 0:
             raise ValueError("warmup_steps, keep_last and sample_interval cannot be negative")
