@@ -33,7 +33,7 @@ def test_a_single_data_path_string_is_accepted():
     ("--train.precision=fp8", "train.precision"),
     ("--model.preset=gpt9", "model.preset: unknown preset 'gpt9'"),
     ("--train.min_lr=0.1", "train.min_lr: need 0 <= min_lr <= lr"),
-    ("--model.n_embd=100", "model.n_embd: 100 must be divisible by n_head"),
+    ("--model.n_embd=130", "model.n_embd: 130 must be divisible by n_head"),
 ])
 def test_bad_values_name_the_key(override, message):
     with pytest.raises(ConfigError, match="^" + re.escape(message)):
