@@ -6,7 +6,6 @@ This wires the pieces together for `lmforge train`; each piece lives in its own 
 from __future__ import annotations
 
 import random
-from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -78,7 +77,3 @@ def run_pretraining(model_cfg: ModelConfig, data_cfg: DataConfig, train_cfg: Tra
           (" (chosen by precision: auto)" if train_cfg.precision == "auto" else ""))
     trainer = Trainer(model, tokenizer, train_batches, val_batches, train_cfg, run_dir, device, precision)
     return trainer.fit()
-
-
-def effective_train_config(train_cfg: TrainConfig, **changes) -> TrainConfig:
-    return replace(train_cfg, **changes)

@@ -1,0 +1,33 @@
+"""Lower layers never import higher ones (see docs/ARCHITECTURE.md); checked by parsing imports."""
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "src" / "lmforge"
+LAYER = {"utils": 0, "model": 1, "tokenizer": 1, "data": 2, "generate": 3, "train": 3, "config": 4, "cli": 5}
+# Within a layer some packages may use each other; these are the allowed same-layer edges.
+ALLOWED_SAME_LAYER = {("train", "generate")}
+
+
+def imported_packages(path: Path) -> set[str]:
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom):
+            if node.level >= 2 and node.module:  # from ..pkg.mod import x
+                found.add(node.module.split(".")[0])
+            elif node.level == 0 and node.module and node.module.startswith("lmforge."):
+                found.add(node.module.split(".")[1])
+        elif isinstance(node, ast.Import):
+            found.update(a.name.split(".")[1] for a in node.names if a.name.startswith("lmforge."))
+    return found
+
+
+@pytest.mark.parametrize("package", sorted(LAYER))
+def test_package_imports_only_lower_layers(package):
+    for path in (PACKAGE / package).rglob("*.py"):
+        for other in imported_packages(path) - {package}:
+            assert other in LAYER, f"{path}: unknown package {other}"
+            ok = LAYER[other] < LAYER[package] or (package, other) in ALLOWED_SAME_LAYER
+            assert ok, f"{path.relative_to(PACKAGE)} imports lmforge.{other}, a higher or same layer"
