@@ -182,3 +182,22 @@ def test_decay_and_no_decay_groups():
     assert id(model.tok_emb.weight) not in decay_ids and id(model.blocks[0].attn.q.bias) not in decay_ids
     total = sum(p.numel() for g in (decay, no_decay) for p in g["params"])
     assert total == model.num_params()
+
+
+def test_bf16_autocast_trains_on_cpu(tiny_data, tmp_path):
+    trainer = make_trainer(tiny_data, tmp_path / "run", max_steps=30)
+    trainer.precision = "bf16"
+    trainer.fit()
+    m = metrics(tmp_path / "run")
+    assert m["train_loss"][-1] < 0.9 * m["train_loss"][0]
+    assert trainer.model.tok_emb.weight.dtype == torch.float32  # autocast: master weights stay fp32
+
+
+def test_precision_choice():
+    from lmforge.utils.device import resolve_precision
+
+    cpu = torch.device("cpu")
+    assert resolve_precision("auto", cpu, n_params=1_000_000) == "fp32"  # tiny models are faster in fp32 on CPU
+    assert resolve_precision("bf16", cpu, n_params=10) == "bf16"
+    with pytest.raises(ValueError, match="fp16 needs a CUDA GPU"):
+        resolve_precision("fp16", cpu, n_params=10)
