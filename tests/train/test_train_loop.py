@@ -201,3 +201,12 @@ def test_precision_choice():
     assert resolve_precision("bf16", cpu, n_params=10) == "bf16"
     with pytest.raises(ValueError, match="fp16 needs a CUDA GPU"):
         resolve_precision("fp16", cpu, n_params=10)
+
+
+def test_rerunning_a_finished_run_trains_nothing_more(tiny_data, tmp_path):
+    run = tmp_path / "run"
+    make_trainer(tiny_data, run, max_steps=10).fit()
+    again = make_trainer(tiny_data, run, max_steps=10, resume="auto")
+    result = again.fit()
+    assert result.steps == 10 and result.stop_reason == "max_steps reached"
+    assert metrics(run)["steps"][-1] == 10

@@ -115,8 +115,16 @@ class Trainer:
         self.state.load_state_dict(state["trainer"])
         self.train_batches.load_state_dict(state["data"])
         restore_rng(state["rng"])
+        self._drop_samples_after(self.state.step)
         tqdm.write(f"resumed from {path} at step {self.state.step}")
         return path
+
+    def _drop_samples_after(self, step: int) -> None:
+        """Forget samples an interrupted session wrote after its last checkpoint (they will be redone)."""
+        path = self.run_dir / "samples.jsonl"
+        if path.is_file():
+            lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+            path.write_text("".join(line for line in lines if json.loads(line)["step"] <= step), encoding="utf-8")
 
     # ---- one optimizer step --------------------------------------------------------------------
     def train_step(self) -> torch.Tensor:
@@ -220,9 +228,12 @@ class Trainer:
                    mininterval=0.5 if sys.stderr.isatty() else 15.0)
         window_loss, window_steps = torch.zeros((), device=self.device), 0
         window_start, window_tokens = time.perf_counter(), s.tokens_seen
-        stop_reason = None
         session_start, elapsed_before = time.perf_counter(), s.elapsed
         with StopRequested() as stop:
+            stop_reason = self._stop_reason(stop)
+            if stop_reason is not None:  # a resumed run that had already finished
+                tqdm.write(f"nothing to train: {stop_reason} at step {s.step}. Raise the limit to continue, "
+                           f"or start over with --train.resume=never")
             while stop_reason is None:
                 window_loss += self.train_step()
                 window_steps += 1
