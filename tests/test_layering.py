@@ -6,19 +6,23 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "lmforge"
-LAYER = {"utils": 0, "model": 1, "tokenizer": 1, "data": 2, "generate": 3, "train": 3, "config": 4, "cli": 5}
+LAYER = {"utils": 0, "model": 1, "tokenizer": 1, "ingest": 1, "data": 2, "generate": 3, "train": 3, "config": 4, "cli": 5}
 # Within a layer some packages may use each other; these are the allowed same-layer edges.
 ALLOWED_SAME_LAYER = {("train", "generate")}
 
 
 def imported_packages(path: Path) -> set[str]:
+    """Top-level lmforge packages that the module at `path` imports (relative imports resolved)."""
+    package_parts = path.relative_to(PACKAGE).parts[:-1]  # e.g. ("ingest", "readers")
     found = set()
     for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.ImportFrom):
-            if node.level >= 2 and node.module:  # from ..pkg.mod import x
-                found.add(node.module.split(".")[0])
-            elif node.level == 0 and node.module and node.module.startswith("lmforge."):
-                found.add(node.module.split(".")[1])
+        if isinstance(node, ast.ImportFrom) and node.level > 0:
+            base = package_parts[: len(package_parts) - (node.level - 1)]
+            parts = list(base) + (node.module.split(".") if node.module else [])
+            if parts:
+                found.add(parts[0])
+        elif isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("lmforge."):
+            found.add(node.module.split(".")[1])
         elif isinstance(node, ast.Import):
             found.update(a.name.split(".")[1] for a in node.names if a.name.startswith("lmforge."))
     return found

@@ -9,12 +9,15 @@ import pytest
 
 from lmforge.data import TokenBatches, ensure_prepared, open_tokens, prepare, read_meta
 from lmforge.data.prepare import tail_start
+from lmforge.ingest.config import CleanConfig, IngestConfig
 from lmforge.tokenizer import load_tokenizer
 
 # The submodule, not the function `lmforge.data.prepare` that shadows it as a package attribute.
 prepare_module = importlib.import_module("lmforge.data.prepare")
 
 DOCUMENT_COUNT = 30
+# These tests check tokenizing and splitting, so cleaning must leave the tiny test documents as they are.
+RAW = IngestConfig(workers=1, clean=CleanConfig.off())
 
 
 def document_text(index: int) -> str:
@@ -36,7 +39,7 @@ def decoded_split(data_dir: Path, split: str) -> str:
 
 def test_prepare_writes_consistent_files(docs_dir, tmp_path):
     out = tmp_path / "prepared"
-    meta = prepare([docs_dir], out, tokenizer="char", val_fraction=0.2)
+    meta = prepare([docs_dir], out, tokenizer="char", val_fraction=0.2, ingest_cfg=RAW)
 
     tokenizer = load_tokenizer(out)
     expected_tokens = sum(len(tokenizer.encode(document_text(i))) + 1 for i in range(DOCUMENT_COUNT))
@@ -45,23 +48,23 @@ def test_prepare_writes_consistent_files(docs_dir, tmp_path):
     assert meta["dtype"] == "uint16" and meta["tokenizer"] == "char"
     assert meta["eot_id"] == tokenizer.eot_id and meta["vocab_size"] == tokenizer.vocab_size
     assert meta["train_tokens"] + meta["val_tokens"] == expected_tokens
-    assert meta["documents"]["train"] + meta["documents"]["val"] == DOCUMENT_COUNT
-    assert meta["documents"]["train"] > 0 and meta["documents"]["val"] > 0
+    assert meta["documents"] == DOCUMENT_COUNT
+    assert meta["documents_by_split"]["train"] > 0 and meta["documents_by_split"]["val"] > 0
     assert (out / "train.bin").stat().st_size == 2 * meta["train_tokens"]
     assert (out / "val.bin").stat().st_size == 2 * meta["val_tokens"]
     for split in ("train", "val"):
         tokens = open_tokens(out, split)
-        assert np.count_nonzero(tokens == tokenizer.eot_id) == meta["documents"][split]
+        assert np.count_nonzero(tokens == tokenizer.eot_id) == meta["documents_by_split"][split]
         assert tokens[-1] == tokenizer.eot_id
     records = [json.loads(line) for line in (out / "documents.jsonl").read_text(encoding="utf-8").splitlines()]
     assert [r["text"] for r in records] == [document_text(i) for i in range(DOCUMENT_COUNT)]
-    assert records[0]["format"] == "text" and records[0]["chars"] == len(records[0]["text"])
+    assert records[0]["format"] == "text" and records[0]["source"].endswith("doc00.txt")
     assert not list(tmp_path.glob(".*tmp*")), "the temporary folder must be gone"
 
 
 def test_every_document_lands_whole_in_exactly_one_split(docs_dir, tmp_path):
     out = tmp_path / "prepared"
-    prepare([docs_dir], out, tokenizer="char", val_fraction=0.2)
+    prepare([docs_dir], out, tokenizer="char", val_fraction=0.2, ingest_cfg=RAW)
     train, val = decoded_split(out, "train"), decoded_split(out, "val")
     for index in range(DOCUMENT_COUNT):
         header = f"Document number {index}."
@@ -70,9 +73,9 @@ def test_every_document_lands_whole_in_exactly_one_split(docs_dir, tmp_path):
 
 
 def test_split_is_reproducible_and_depends_on_seed(docs_dir, tmp_path):
-    first = prepare([docs_dir], tmp_path / "a", tokenizer="char", seed=1)
-    again = prepare([docs_dir], tmp_path / "b", tokenizer="char", seed=1)
-    other = prepare([docs_dir], tmp_path / "c", tokenizer="char", seed=2)
+    first = prepare([docs_dir], tmp_path / "a", tokenizer="char", seed=1, ingest_cfg=RAW)
+    again = prepare([docs_dir], tmp_path / "b", tokenizer="char", seed=1, ingest_cfg=RAW)
+    other = prepare([docs_dir], tmp_path / "c", tokenizer="char", seed=2, ingest_cfg=RAW)
     assert (tmp_path / "a" / "val.bin").read_bytes() == (tmp_path / "b" / "val.bin").read_bytes()
     assert first["val_tokens"] == again["val_tokens"]
     assert (tmp_path / "a" / "val.bin").read_bytes() != (tmp_path / "c" / "val.bin").read_bytes()
@@ -82,8 +85,8 @@ def test_split_is_reproducible_and_depends_on_seed(docs_dir, tmp_path):
 def test_binary_and_empty_files_are_skipped(docs_dir, tmp_path):
     (docs_dir / "image.png").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR")
     (docs_dir / "empty.txt").write_text("")
-    meta = prepare([docs_dir], tmp_path / "prepared", tokenizer="char")
-    assert meta["documents"]["train"] + meta["documents"]["val"] == DOCUMENT_COUNT
+    meta = prepare([docs_dir], tmp_path / "prepared", tokenizer="char", ingest_cfg=RAW)
+    assert meta["documents"] == DOCUMENT_COUNT
 
 
 def test_single_document_is_split_by_its_tail(tmp_path):
@@ -93,12 +96,12 @@ def test_single_document_is_split_by_its_tail(tmp_path):
     source.write_text(text, encoding="utf-8")
     out = tmp_path / "prepared"
 
-    meta = prepare([source], out, tokenizer="char", val_fraction=0.1)
+    meta = prepare([source], out, tokenizer="char", val_fraction=0.1, ingest_cfg=RAW)
 
     train, val = decoded_split(out, "train"), decoded_split(out, "val")
     eot = load_tokenizer(out).decode([meta["eot_id"]])
     assert meta["split"] == "document_tail"
-    assert meta["documents"] == {"train": 1, "val": 1}
+    assert meta["documents_by_split"] == {"train": 1, "val": 1}
     assert train.removesuffix(eot) + val.removesuffix(eot) == text
     assert train.removesuffix(eot).endswith("\n"), "the cut must fall on a line break"
     assert val.startswith("line 90 ")
@@ -112,8 +115,8 @@ def test_tail_start_cuts_at_the_nearest_line_break():
 
 def test_zero_val_fraction_gives_an_empty_val_split(docs_dir, tmp_path):
     out = tmp_path / "prepared"
-    meta = prepare([docs_dir], out, tokenizer="char", val_fraction=0.0)
-    assert meta["val_tokens"] == 0 and meta["documents"]["val"] == 0
+    meta = prepare([docs_dir], out, tokenizer="char", val_fraction=0.0, ingest_cfg=RAW)
+    assert meta["val_tokens"] == 0 and meta["documents_by_split"]["val"] == 0
     assert len(open_tokens(out, "val")) == 0
     assert list(TokenBatches(out, "val", block_size=8, batch_size=2).eval_batches(None)) == []
 
@@ -122,8 +125,8 @@ def test_no_documents_is_an_error_and_leaves_nothing_behind(tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
     (empty / "blank.txt").write_text("\n")
-    with pytest.raises(ValueError, match="no readable text documents"):
-        prepare([empty], tmp_path / "prepared", tokenizer="char")
+    with pytest.raises(ValueError, match="no document was kept.*empty file"):
+        prepare([empty], tmp_path / "prepared", tokenizer="char", ingest_cfg=RAW)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["empty"]
 
 
@@ -133,7 +136,7 @@ def test_interrupted_prepare_leaves_nothing_behind(docs_dir, tmp_path, monkeypat
 
     monkeypatch.setattr(prepare_module, "build_tokenizer", crash)
     with pytest.raises(KeyboardInterrupt):
-        prepare([docs_dir], tmp_path / "prepared", tokenizer="char")
+        prepare([docs_dir], tmp_path / "prepared", tokenizer="char", ingest_cfg=RAW)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["docs"]
 
 
@@ -141,13 +144,13 @@ def test_prepare_refuses_to_overwrite_an_unrelated_folder(docs_dir, tmp_path):
     (tmp_path / "precious").mkdir()
     (tmp_path / "precious" / "notes.txt").write_text("keep me")
     with pytest.raises(ValueError, match="not a prepared dataset"):
-        prepare([docs_dir], tmp_path / "precious", tokenizer="char")
+        prepare([docs_dir], tmp_path / "precious", tokenizer="char", ingest_cfg=RAW)
     assert (tmp_path / "precious" / "notes.txt").read_text() == "keep me"
 
 
 def test_invalid_val_fraction_is_rejected(docs_dir, tmp_path):
     with pytest.raises(ValueError, match="val_fraction"):
-        prepare([docs_dir], tmp_path / "prepared", tokenizer="char", val_fraction=1.0)
+        prepare([docs_dir], tmp_path / "prepared", tokenizer="char", val_fraction=1.0, ingest_cfg=RAW)
 
 
 @pytest.fixture
@@ -166,8 +169,8 @@ def prepare_calls(monkeypatch) -> list:
 
 def test_ensure_prepared_reuses_the_cache(docs_dir, tmp_path, prepare_calls, capsys):
     cache = tmp_path / "cache"
-    first = ensure_prepared([docs_dir], cache, tokenizer="char")
-    second = ensure_prepared([docs_dir], cache, tokenizer="char")
+    first = ensure_prepared([docs_dir], cache, tokenizer="char", ingest_cfg=RAW)
+    second = ensure_prepared([docs_dir], cache, tokenizer="char", ingest_cfg=RAW)
 
     assert first == second and len(prepare_calls) == 1
     assert "reusing" in capsys.readouterr().out.splitlines()[-1]
@@ -176,10 +179,10 @@ def test_ensure_prepared_reuses_the_cache(docs_dir, tmp_path, prepare_calls, cap
 
 def test_ensure_prepared_prepares_again_when_content_or_settings_change(docs_dir, tmp_path, prepare_calls):
     cache = tmp_path / "cache"
-    original = ensure_prepared([docs_dir], cache, tokenizer="char")
+    original = ensure_prepared([docs_dir], cache, tokenizer="char", ingest_cfg=RAW)
     (docs_dir / "doc03.txt").write_text("edited text\n", encoding="utf-8")
-    edited = ensure_prepared([docs_dir], cache, tokenizer="char")
-    other_seed = ensure_prepared([docs_dir], cache, tokenizer="char", seed=7)
+    edited = ensure_prepared([docs_dir], cache, tokenizer="char", ingest_cfg=RAW)
+    other_seed = ensure_prepared([docs_dir], cache, tokenizer="char", seed=7, ingest_cfg=RAW)
 
     assert len({original, edited, other_seed}) == 3 and len(prepare_calls) == 3
     assert "edited text" in decoded_split(edited, "train") + decoded_split(edited, "val")
@@ -187,13 +190,13 @@ def test_ensure_prepared_prepares_again_when_content_or_settings_change(docs_dir
 
 def test_ensure_prepared_uses_a_prepared_folder_as_is(docs_dir, tmp_path, prepare_calls):
     prepared = tmp_path / "prepared"
-    prepare([docs_dir], prepared, tokenizer="char")
+    prepare([docs_dir], prepared, tokenizer="char", ingest_cfg=RAW)
     assert ensure_prepared([prepared], tmp_path / "cache", tokenizer="bpe") == prepared
     assert prepare_calls == [] and not (tmp_path / "cache").exists()
 
 
 def test_prepare_with_trained_bpe(docs_dir, tmp_path):
-    meta = prepare([docs_dir], tmp_path / "prepared", tokenizer="bpe", vocab_size=300)
+    meta = prepare([docs_dir], tmp_path / "prepared", tokenizer="bpe", vocab_size=300, ingest_cfg=RAW)
     assert meta["tokenizer"] == "bpe" and meta["vocab_size"] <= 300
     assert "Document number 7." in decoded_split(tmp_path / "prepared", "train") + decoded_split(
         tmp_path / "prepared", "val"

@@ -2,6 +2,7 @@
 
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -28,8 +29,11 @@ def lmforge(*args, cwd, timeout=300, check=True):
 def corpus(tmp_path):
     src = tmp_path / "docs"
     src.mkdir()
-    for i in range(30):
-        (src / f"story{i}.txt").write_text(f"Story {i}. " + "The cat sat on the mat and looked at the dog. " * 20)
+    rng = random.Random(0)
+    words = "the a cat dog sat ran on under mat log and then quickly slowly big small red blue sea ship".split()
+    for i in range(30):  # varied documents: identical ones would be removed as duplicates
+        lines = [" ".join(rng.choice(words) for _ in range(rng.randint(5, 12))) + "." for _ in range(25)]
+        (src / f"story{i}.txt").write_text("\n".join(lines))
     (src / "image.bin").write_bytes(b"\x89PNG\x00\x01" * 100)  # binary: skipped, not fatal
     return src
 
@@ -52,10 +56,10 @@ def test_prepare_train_generate_report(corpus, tmp_path):
     metrics = json.loads((run / "training_metrics.json").read_text())
     assert metrics["train_loss"][-1] < metrics["train_loss"][0]
 
-    out = lmforge("generate", run / "best", "--prompt", "The cat", "--max-new-tokens", "20", "--seed", "1",
+    out = lmforge("generate", run / "best", "--prompt", "the cat", "--max-new-tokens", "20", "--seed", "1",
                   cwd=tmp_path)
-    assert out.stdout.startswith("The cat") and len(out.stdout) > len("The cat\n")
-    again = lmforge("generate", run / "best", "--prompt", "The cat", "--max-new-tokens", "20", "--seed", "1",
+    assert out.stdout.startswith("the cat") and len(out.stdout) > len("The cat\n")
+    again = lmforge("generate", run / "best", "--prompt", "the cat", "--max-new-tokens", "20", "--seed", "1",
                     cwd=tmp_path)
     assert again.stdout == out.stdout  # a seed reproduces the sample
 

@@ -30,7 +30,7 @@ def test_logits_shape(model):
 
 def test_gpt2_124m_has_the_published_parameter_count():
     # GPT-2 small: 124,439,808 parameters with the output head tied to the token embedding.
-    model = GPT(preset_config("gpt2-124m"))
+    model = GPT(preset_config("gpt2-124m", vocab_size=50257))
     assert model.num_params() == 124_439_808
 
 

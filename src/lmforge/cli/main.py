@@ -1,7 +1,8 @@
 """The `lmforge` command: one thin function per verb that loads its config and calls the library.
 
     lmforge train [CONFIG.yaml | PRESET] [--section.key=value ...]
-    lmforge prepare SRC... --out DIR [--tokenizer bpe] [--vocab-size 4096] [--val-fraction 0.1]
+    lmforge ingest SRC... --out DIR [--workers N --text-field F --no-ocr --pii --ingest.clean.KEY=VALUE]
+    lmforge prepare SRC... --out DIR [--tokenizer bpe] [--vocab-size 4096] [--val-fraction 0.1] [ingest flags]
     lmforge init [PRESET] > run.yaml
     lmforge generate CKPT --prompt TEXT [--max-new-tokens N --temperature T --top-k K --top-p P --seed S]
     lmforge report RUN_DIR
@@ -59,23 +60,45 @@ def _print_summary(result) -> None:
           f"loss_by_epoch.png, samples.jsonl, best/, last/)")
 
 
+def _ingest_config(args: argparse.Namespace, overrides: list[str]):
+    """The ingest section: from --config and --ingest.* overrides, then the short flags on top."""
+    from dataclasses import replace
+
+    from ..config.run import load_run_config
+
+    cfg = load_run_config(args.config, overrides).ingest
+    changes = {"workers": args.workers, "text_fields": args.text_field, "ocr_language": args.ocr_language}
+    cfg = replace(cfg, **{k: v for k, v in changes.items() if v is not None})
+    if args.no_ocr:
+        cfg = replace(cfg, ocr=False)
+    if args.pii:
+        cfg = replace(cfg, clean=replace(cfg.clean, pii=True))
+    return cfg
+
+
+def cmd_ingest(args: argparse.Namespace, overrides: list[str]) -> int:
+    from ..ingest.pipeline import ingest
+
+    ingest(args.sources, args.out, _ingest_config(args, overrides))
+    return 0
+
+
 def cmd_prepare(args: argparse.Namespace, overrides: list[str]) -> int:
     from ..data.prepare import prepare
 
-    _reject_overrides(overrides)
     meta = prepare(args.sources, args.out, tokenizer=args.tokenizer, vocab_size=args.vocab_size,
-                   val_fraction=args.val_fraction, seed=args.seed)
+                   val_fraction=args.val_fraction, seed=args.seed, ingest_cfg=_ingest_config(args, overrides))
     print(f"prepared {args.out}: {meta['train_tokens']:,} train / {meta['val_tokens']:,} val tokens from "
-          f"{meta['documents']['train'] + meta['documents']['val']} documents, vocabulary {meta['vocab_size']:,}")
+          f"{meta['documents']} documents, vocabulary {meta['vocab_size']:,}")
     return 0
 
 
 def cmd_init(args: argparse.Namespace, overrides: list[str]) -> int:
     from ..config.run import load_run_config, preset_raw, render_config
 
-    base = preset_raw(args.preset) if args.preset else None
-    cfg = load_run_config(None, overrides, base=base)
-    title = f"lmforge run config (preset: {args.preset or 'default'}). Run it with: lmforge train THIS_FILE.yaml"
+    path, base = _config_source(args.preset, preset_raw)
+    cfg = load_run_config(path, overrides, base=base)
+    title = f"lmforge run config (from: {args.preset or 'defaults'}). Run it with: lmforge train THIS_FILE.yaml"
     sys.stdout.write(render_config(cfg, title))
     return 0
 
@@ -125,6 +148,16 @@ def _reject_overrides(overrides: list[str]) -> None:
         raise ValueError(f"unrecognised arguments: {' '.join(overrides)}")
 
 
+def _add_ingest_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="a YAML run config whose ingest: section to use")
+    p.add_argument("--workers", type=int, help="reader processes (default: one per CPU core)")
+    p.add_argument("--text-field", action="append", help="field/column holding the text in CSV/JSON/SQL "
+                   "(repeatable; default: text/content/body, else all string fields)")
+    p.add_argument("--no-ocr", action="store_true", help="do not OCR images and scanned PDF pages")
+    p.add_argument("--ocr-language", help="Tesseract language(s), e.g. eng or eng+deu")
+    p.add_argument("--pii", action="store_true", help="replace e-mail addresses and phone numbers")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lmforge", description="Train, fine-tune and run GPT-style language models.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -134,9 +167,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", nargs="?", help="a YAML run config, or a preset name (see `lmforge init --help`)")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("prepare", help="tokenize text files/folders into train.bin/val.bin shards")
-    p.add_argument("sources", nargs="+", help="text files or folders")
+    p = sub.add_parser("ingest", help="read documents of any format into a clean documents.jsonl + report",
+                       description="Cleaning options can be set as --ingest.clean.KEY=VALUE (see `lmforge init`).")
+    p.add_argument("sources", nargs="+", help="files, folders or archives")
     p.add_argument("--out", required=True, help="output folder")
+    _add_ingest_flags(p)
+    p.set_defaults(func=cmd_ingest)
+
+    p = sub.add_parser("prepare", help="ingest documents and tokenize them into train.bin/val.bin shards")
+    p.add_argument("sources", nargs="+", help="files, folders or archives")
+    p.add_argument("--out", required=True, help="output folder")
+    _add_ingest_flags(p)
     p.add_argument("--tokenizer", default="bpe", help="char | bpe | gpt2 | PATH (default: bpe)")
     p.add_argument("--vocab-size", type=int, default=4096, help="vocabulary size for bpe (default: 4096)")
     p.add_argument("--val-fraction", type=float, default=0.1, help="share held out for validation (default: 0.1)")
@@ -144,7 +185,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_prepare)
 
     p = sub.add_parser("init", help="print a full, commented run config")
-    p.add_argument("preset", nargs="?", help="a run preset or a model preset (gpt2-tiny, llama-tiny, gpt2-124m, ...)")
+    p.add_argument("preset", nargs="?", help="a run preset (demo, shakespeare-char), a model preset (gpt2-tiny, "
+                   "llama-tiny, gpt2-124m, ...) or a YAML file to show fully resolved")
     p.set_defaults(func=cmd_init)
 
     p = sub.add_parser("generate", help="continue a prompt with a trained checkpoint")
@@ -164,7 +206,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def join_override_values(argv: list[str]) -> list[str]:
+    """Turn `--train.lr 3e-4` into `--train.lr=3e-4`, so argparse never mistakes 3e-4 for the config file."""
+    joined: list[str] = []
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        is_override = arg.startswith("--") and "." in arg and "=" not in arg
+        if is_override and i + 1 < len(argv) and not argv[i + 1].startswith("--"):
+            joined.append(f"{arg}={argv[i + 1]}")
+            i += 2
+        else:
+            joined.append(arg)
+            i += 1
+    return joined
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = join_override_values(sys.argv[1:] if argv is None else list(argv))
     args, overrides = build_parser().parse_known_args(argv)
     try:
         return args.func(args, overrides)
@@ -174,6 +233,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("\naborted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except BrokenPipeError:  # e.g. `lmforge report run | head`: the reader left, nothing is wrong
+        sys.stderr.close()
+        return 0
 
 
 if __name__ == "__main__":

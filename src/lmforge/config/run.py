@@ -5,11 +5,13 @@ Precedence, lowest first: dataclass defaults < the model preset < the YAML file 
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
 from ..data.config import DataConfig
+from ..ingest.config import IngestConfig
 from ..model.config import PRESETS, ModelConfig, apply_preset
 from ..train.config import TrainConfig
 from .loader import ConfigError, deep_merge, from_dict, load_yaml, parse_overrides, to_commented_yaml, to_dict
@@ -21,6 +23,7 @@ class RunConfig:
 
     model: ModelConfig = field(default_factory=ModelConfig, metadata={"help": "the Transformer"})
     data: DataConfig = field(default_factory=DataConfig, metadata={"help": "the corpus and tokenizer"})
+    ingest: IngestConfig = field(default_factory=IngestConfig, metadata={"help": "reading and cleaning documents"})
     train: TrainConfig = field(default_factory=TrainConfig, metadata={"help": "the optimisation"})
 
 
@@ -57,12 +60,33 @@ def resolve_raw(raw: dict) -> dict:
 
 def load_run_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (),
                     base: dict | None = None) -> RunConfig:
-    """Defaults, then `base` (e.g. a preset), then the YAML file at `path`, then the overrides."""
+    """Defaults, then `base` (e.g. a preset), then the YAML file at `path`, then the overrides.
+
+    A model preset named on the command line is applied over the file's model keys (a file written
+    by `lmforge init` spells out every key, which would otherwise hide the new preset), and keys
+    given on the command line still win over it.
+    """
     raw = dict(base or {})
     if path is not None:
         raw = deep_merge(raw, load_yaml(path))
-    raw = deep_merge(raw, parse_overrides(list(overrides)))
+    cli = parse_overrides(list(overrides))
+    cli_preset = (cli.get("model") or {}).get("preset")
+    if cli_preset in PRESETS:
+        raw = deep_merge(raw, {"model": PRESETS[cli_preset]})
+    raw = resolve_init_from(deep_merge(raw, cli))
     return from_dict(RunConfig, resolve_raw(raw))
+
+
+def resolve_init_from(raw: dict) -> dict:
+    """A run that starts from a checkpoint has that checkpoint's architecture: read it from config.json."""
+    init_from = (raw.get("model") or {}).get("init_from")
+    if not init_from:
+        return raw
+    config_file = Path(init_from).expanduser() / "config.json"
+    if not config_file.is_file():
+        raise ConfigError(f"model.init_from: {init_from} is not a checkpoint folder (no config.json)")
+    saved = json.loads(config_file.read_text())
+    return {**raw, "model": {**saved, "init_from": init_from, "preset": None}}
 
 
 def render_config(cfg: RunConfig, header: str | None = None) -> str:

@@ -15,6 +15,8 @@ class DataConfig:
         "help": "char | bpe (trained on the corpus) | gpt2 | PATH to a tokenizer folder or tokenizer.json"})
     vocab_size: int = field(default=4096, metadata={"help": "vocabulary size when training a bpe tokenizer"})
     val_fraction: float = field(default=0.1, metadata={"help": "share of documents held out for validation"})
+    seed: int = field(default=1337, metadata={
+        "help": "seed of the train/validation split (separate from train.seed, so every run validates on the same text)"})
     cache_dir: str = field(default="~/.cache/lmforge/prepared", metadata={
         "help": "where raw paths are prepared into token shards (reused while the files are unchanged)"})
     default_corpus_bytes: int = field(default=5_000_000, metadata={
@@ -23,5 +25,5 @@ class DataConfig:
     def validate(self) -> None:
         if not 0.0 <= self.val_fraction < 1.0:
             raise ValueError(f"val_fraction: must be in [0, 1), got {self.val_fraction}")
-        if self.vocab_size < 260:
-            raise ValueError(f"vocab_size: must be at least 260 (256 bytes + specials), got {self.vocab_size}")
+        if self.vocab_size < 257:
+            raise ValueError(f"vocab_size: must be at least 257 (256 bytes + end-of-text), got {self.vocab_size}")

@@ -1,8 +1,9 @@
 """Turning documents into a prepared dataset: train a tokenizer, split train/val, write token files.
 
-`prepare` streams: documents are read once into `documents.jsonl`, and every later pass (tokenizer
-training, encoding) re-reads that file, so neither the corpus nor its tokens are ever held in memory
-at once. `ensure_prepared` adds a cache keyed by the files' contents and the settings.
+`prepare` streams: the ingest pipeline reads every file once (any format) into a cleaned
+`documents.jsonl`, and every later pass (tokenizer training, encoding) re-reads that file, so neither
+the corpus nor its tokens are ever held in memory at once. `ensure_prepared` adds a cache keyed by the
+files' contents and the settings.
 """
 
 from __future__ import annotations
@@ -13,15 +14,17 @@ import os
 import shutil
 import sys
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import asdict
 from pathlib import Path
 
 from tqdm import tqdm
 
-from lmforge.data.corpus import Document, iter_files, read_documents, source_list
+from lmforge.data.corpus import source_list
+from lmforge.ingest.config import IngestConfig
+from lmforge.ingest.pipeline import DOCUMENTS_FILE, ingest
+from lmforge.ingest.walk import iter_paths
 from lmforge.data.shards import SPLITS, TokenFileWriter, is_prepared, split_path, token_dtype, write_meta
 from lmforge.tokenizer import Tokenizer, build_tokenizer
-
-DOCUMENTS_FILE = "documents.jsonl"
 
 # Below this many documents a per-document split is too coarse (one document could be most of the
 # corpus), so every document's tail goes to val instead.
@@ -42,6 +45,7 @@ def prepare(
     vocab_size: int = 4096,
     val_fraction: float = 0.1,
     seed: int = 1337,
+    ingest_cfg: IngestConfig | None = None,
 ) -> dict:
     """Tokenize the documents in `sources` into a dataset folder `out_dir`; return its meta.json contents.
 
@@ -57,7 +61,7 @@ def prepare(
     shutil.rmtree(work_dir, ignore_errors=True)
     work_dir.mkdir(parents=True)
     try:
-        meta = _prepare_into(work_dir, sources, tokenizer, vocab_size, val_fraction, seed)
+        meta = _prepare_into(work_dir, sources, tokenizer, vocab_size, val_fraction, seed, ingest_cfg)
         shutil.rmtree(out_dir, ignore_errors=True)
         work_dir.rename(out_dir)
     except BaseException:
@@ -75,19 +79,16 @@ def _check_replaceable(out_dir: Path) -> None:
 
 
 def _prepare_into(
-    work_dir: Path, sources: list[Path], tokenizer_spec: str, vocab_size: int, val_fraction: float, seed: int
+    work_dir: Path, sources: list[Path], tokenizer_spec: str, vocab_size: int, val_fraction: float, seed: int,
+    ingest_cfg: IngestConfig | None,
 ) -> dict:
     """Do all of `prepare` inside `work_dir` and return the meta it wrote."""
     documents_path = work_dir / DOCUMENTS_FILE
-    document_count = _write_documents(read_documents(sources), documents_path)
-    if document_count == 0:
-        raise ValueError(
-            f"no readable text documents found in {', '.join(map(str, sources))}; "
-            "point lmforge at files or folders that contain text files"
-        )
+    report = ingest(sources, work_dir, ingest_cfg)  # writes documents.jsonl and ingest_report.json
+    document_count = report["summary"]["documents_kept"]
 
     def texts() -> Iterator[str]:
-        return (document.text for document in _read_documents_file(documents_path))
+        return _read_texts(documents_path)
 
     tokenizer = build_tokenizer(tokenizer_spec, texts, vocab_size=vocab_size)
     split = choose_split(document_count, val_fraction, seed)
@@ -100,7 +101,8 @@ def _prepare_into(
         "tokenizer": tokenizer.kind,
         "train_tokens": writers["train"].tokens,
         "val_tokens": writers["val"].tokens,
-        "documents": {name: writer.documents for name, writer in writers.items()},
+        "documents": document_count,
+        "documents_by_split": {name: writer.documents for name, writer in writers.items()},
         "split": split,
         "val_fraction": val_fraction,
         "seed": seed,
@@ -110,22 +112,10 @@ def _prepare_into(
     return meta
 
 
-def _write_documents(documents: Iterable[Document], path: Path) -> int:
-    """Write documents as JSON lines and return how many there were."""
-    count = 0
-    with open(path, "w", encoding="utf-8") as file:
-        for document in documents:
-            record = {"text": document.text, "source": document.source, "format": "text", "chars": len(document.text)}
-            file.write(json.dumps(record, ensure_ascii=False) + "\n")
-            count += 1
-    return count
-
-
-def _read_documents_file(path: Path) -> Iterator[Document]:
+def _read_texts(path: Path) -> Iterator[str]:
     with open(path, encoding="utf-8") as file:
         for line in file:
-            record = json.loads(line)
-            yield Document(text=record["text"], source=record["source"])
+            yield json.loads(line)["text"]
 
 
 def choose_split(document_count: int, val_fraction: float, seed: int) -> str:
@@ -213,6 +203,7 @@ def ensure_prepared(
     vocab_size: int = 4096,
     val_fraction: float = 0.1,
     seed: int = 1337,
+    ingest_cfg: IngestConfig | None = None,
 ) -> Path:
     """Return a prepared dataset for `sources`, preparing it into `cache_dir` only when needed.
 
@@ -224,13 +215,17 @@ def ensure_prepared(
     if len(sources) == 1 and is_prepared(sources[0]):
         print(f"using prepared dataset {sources[0]}")
         return sources[0]
-    settings = {"tokenizer": str(tokenizer), "vocab_size": vocab_size, "val_fraction": val_fraction, "seed": seed}
+    ingest_cfg = ingest_cfg or IngestConfig()
+    # Settings that change the text that comes out (not workers or cache location) are part of the key.
+    ingest_settings = {k: v for k, v in asdict(ingest_cfg).items() if k not in {"workers", "cache_dir"}}
+    settings = {"tokenizer": str(tokenizer), "vocab_size": vocab_size, "val_fraction": val_fraction, "seed": seed,
+                "ingest": ingest_settings}
     out_dir = Path(cache_dir).expanduser() / dataset_key(sources, settings)
     if is_prepared(out_dir):
         print(f"reusing prepared dataset {out_dir} (same files and settings)")
         return out_dir
     print(f"preparing dataset into {out_dir}")
-    prepare(sources, out_dir, tokenizer, vocab_size, val_fraction, seed)
+    prepare(sources, out_dir, tokenizer, vocab_size, val_fraction, seed, ingest_cfg)
     return out_dir
 
 
@@ -238,7 +233,7 @@ def dataset_key(sources: Sequence[Path], settings: dict) -> str:
     """A short hash of every source file's relative path and contents, and of `settings`."""
     key = hashlib.sha1(json.dumps({"format": CACHE_FORMAT_VERSION, **settings}, sort_keys=True).encode())
     for source in sources:
-        for path in iter_files([source]):
+        for path in iter_paths(source):
             key.update(_relative_name(path, source).encode())
             key.update(_file_sha1(path))
     return key.hexdigest()[:16]

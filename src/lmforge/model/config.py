@@ -79,13 +79,13 @@ class ModelConfig:
 _GPT2 = dict(norm="layernorm", pos="learned", mlp="gelu", bias=True, tie_embeddings=True)
 _LLAMA = dict(norm="rmsnorm", pos="rope", mlp="swiglu", bias=False, norm_eps=1e-6)
 
-# Presets name only architecture; the data decides vocab_size unless a preset needs a fixed one.
+# Presets name only architecture; the tokenizer decides vocab_size (GPT-2 sizes: use data.tokenizer=gpt2).
 PRESETS: dict[str, dict] = {
     # nanoGPT's "shakespeare on CPU" shape: trains in about a minute on 2 cores.
     "gpt2-tiny": dict(_GPT2, n_layer=4, n_head=4, n_embd=128, block_size=256),
     "gpt2-mini": dict(_GPT2, n_layer=6, n_head=6, n_embd=192, block_size=256),
-    "gpt2-124m": dict(_GPT2, n_layer=12, n_head=12, n_embd=768, block_size=1024, vocab_size=50257),
-    "gpt2-350m": dict(_GPT2, n_layer=24, n_head=16, n_embd=1024, block_size=1024, vocab_size=50257),
+    "gpt2-124m": dict(_GPT2, n_layer=12, n_head=12, n_embd=768, block_size=1024),
+    "gpt2-350m": dict(_GPT2, n_layer=24, n_head=16, n_embd=1024, block_size=1024),
     # A tiny Llama: 4 query heads share 2 key/value heads (grouped-query attention).
     "llama-tiny": dict(_LLAMA, n_layer=4, n_head=4, n_kv_head=2, n_embd=128, mlp_hidden=352, block_size=256,
                        tie_embeddings=True),

@@ -66,12 +66,14 @@ class GPT(nn.Module):
             nn.init.zeros_(module.bias)
 
     def num_params(self, exclude_embeddings: bool = False) -> int:
-        """Parameter count (tied weights counted once); optionally without the position/token tables."""
+        """Parameter count (tied weights counted once); optionally only the non-embedding part.
+
+        Non-embedding parameters (those in the blocks and final norm) are the ones scaling laws count.
+        """
         n = sum(p.numel() for p in self.parameters())
         if exclude_embeddings:
-            n -= self.pos_emb.weight.numel() if self.pos_emb is not None else 0
-            if not self.config.tie_embeddings:
-                n -= self.tok_emb.weight.numel()
+            tables = [self.tok_emb, self.pos_emb] + ([] if self.config.tie_embeddings else [self.lm_head])
+            n -= sum(t.weight.numel() for t in tables if t is not None)
         return n
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:

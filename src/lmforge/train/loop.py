@@ -102,6 +102,9 @@ class Trainer:
     def _maybe_resume(self) -> Path | None:
         resume = self.cfg.resume
         if resume == "never":
+            if ckpt.find_resume(self.run_dir) is not None:
+                raise ValueError(f"train.out_dir: {self.run_dir} already holds a run (last/); with train.resume=never "
+                                 f"use a new out_dir or delete the old one, or continue it with train.resume=auto")
             return None
         path = ckpt.find_resume(self.run_dir) if resume == "auto" else Path(resume)
         if path is None:
@@ -274,6 +277,9 @@ class Trainer:
                          grad_norm=float(self.grad_norm), val_loss=val_loss)
 
     def _finish(self, stop_reason: str) -> TrainResult:
+        finite = self.last_train_loss is not None and math.isfinite(self.last_train_loss)
+        if self.cfg.sample_interval and self.state.step % self.cfg.sample_interval and finite:
+            self.write_samples()  # every run ends with a sample of its final model
         self.metrics.close()
         metrics = self.metrics.to_dict()
         write_plots(self.run_dir, metrics)

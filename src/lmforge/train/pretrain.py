@@ -24,7 +24,7 @@ from .config import TrainConfig
 from .loop import Trainer, TrainResult
 
 
-def prepare_data(data: DataConfig, seed: int, tokenizer_spec: str | None = None) -> Path:
+def prepare_data(data: DataConfig, tokenizer_spec: str | None = None) -> Path:
     """The prepared data folder for this run (raw paths are tokenized once and cached)."""
     sources = data.path if data.path else default_corpus_files(data.default_corpus_bytes)
     if not data.path:
@@ -33,7 +33,7 @@ def prepare_data(data: DataConfig, seed: int, tokenizer_spec: str | None = None)
     cache_dir = Path(data.cache_dir).expanduser()
     return ensure_prepared([Path(s).expanduser() for s in sources], cache_dir,
                            tokenizer=tokenizer_spec or data.tokenizer, vocab_size=data.vocab_size,
-                           val_fraction=data.val_fraction, seed=seed)
+                           val_fraction=data.val_fraction, seed=data.seed)
 
 
 def build_model(model_cfg: ModelConfig, vocab_size: int) -> GPT:
@@ -51,13 +51,14 @@ def run_pretraining(model_cfg: ModelConfig, data_cfg: DataConfig, train_cfg: Tra
                     config_yaml: str | None = None) -> TrainResult:
     random.seed(train_cfg.seed)
     torch.manual_seed(train_cfg.seed)
+    device = resolve_device(train_cfg.device)
+    resolve_precision(train_cfg.precision, device, n_params=0)  # an impossible choice fails before data prep
     # A run that starts from a checkpoint must read the data with that checkpoint's tokenizer.
     tokenizer_spec = str(Path(model_cfg.init_from).expanduser()) if model_cfg.init_from else None
-    data_dir = prepare_data(data_cfg, train_cfg.seed, tokenizer_spec)
+    data_dir = prepare_data(data_cfg, tokenizer_spec)
     meta = read_meta(data_dir)
     tokenizer = load_tokenizer(data_dir)
     model = build_model(model_cfg, tokenizer.vocab_size)
-    device = resolve_device(train_cfg.device)
     precision = resolve_precision(train_cfg.precision, device, model.num_params())
     block = model.config.block_size
     train_batches = TokenBatches(data_dir, "train", block, train_cfg.batch_size, seed=train_cfg.seed)
@@ -68,7 +69,7 @@ def run_pretraining(model_cfg: ModelConfig, data_cfg: DataConfig, train_cfg: Tra
     run_dir.mkdir(parents=True, exist_ok=True)
     if config_yaml is not None:
         (run_dir / "config.yaml").write_text(config_yaml)
-    print(f"model: {model.num_params():,} parameters ({model.num_params(exclude_embeddings=True):,} without "
+    print(f"model: {model.num_params():,} parameters ({model.num_params(exclude_embeddings=True):,} outside the "
           f"embeddings), {model.config.n_layer} layers x {model.config.n_embd} wide, context {block}")
     print(f"data: {data_dir} -- {meta['train_tokens']:,} train / {meta['val_tokens']:,} val tokens, "
           f"tokenizer {meta['tokenizer']} ({tokenizer.vocab_size:,} tokens); "

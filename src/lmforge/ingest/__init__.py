@@ -1,0 +1,1 @@
+"""Ingestion: any folder of documents -> clean, deduplicated text records. Imports no torch."""

@@ -1,0 +1,316 @@
+"""Cleaning one document: normalise, de-hyphenate, remove chatbot slop, scrub PII, filter quality.
+
+Each step is a pure function returning ``(new_text, how_much_it_removed)``, so it can be tested
+and reported on its own. ``clean_record`` runs them in order on one Record:
+
+    normalise -> PDF page-number lines -> de-hyphenate (prose only) -> slop (not code) -> PII -> quality
+
+and keeps every count in a ``CleanStats`` for the ingest report; each step obeys its switch in
+``CleanConfig``. Steps that compare documents with each other live in their own modules and are
+run by the pipeline around this one: boilerplate.py (lines repeated across documents, before)
+and dedup.py (duplicate documents, after).
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+import unicodedata
+from collections import Counter
+from dataclasses import dataclass, field, fields, replace
+
+from .boilerplate import remove_page_numbers
+from .config import CleanConfig
+from .record import Record
+
+# Formats that are running prose, where line breaks are layout and words can be hyphenated at
+# them. Code, tables and JSON are left alone: there "-\n" and repeated lines carry meaning.
+PROSE_FORMATS = frozenset({"pdf", "image", "text", "markdown", "html"})
+CODE_FORMAT = "code"
+
+# --- normalisation --------------------------------------------------------------------------
+
+# What str.translate does to single characters (a table is far faster than a Python loop):
+_CONTROLS = [*range(0x00, 0x20), *range(0x7F, 0xA0)]  # C0, DEL and C1 control characters ...
+_CHAR_MAP = {code: None for code in _CONTROLS if chr(code) not in "\n\t"}  # ... go, except newline and tab
+# Invisible characters that only get in the way go too: zero-width space, word joiner, byte-order
+# mark, soft hyphen. Zero-width (non-)joiners are kept: they change how Persian, Indic and emoji render.
+_CHAR_MAP.update(dict.fromkeys(map(ord, "\u200b\u2060\ufeff\u00ad"), None))
+# Unicode's other spaces (no-break, thin, ideographic, ...: category Zs) become plain spaces.
+_CHAR_MAP.update(dict.fromkeys(map(ord, "\u00a0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007"
+                                        "\u2008\u2009\u200a\u202f\u205f\u3000"), " "))
+# Form feed (a page break in PDF text), vertical tab, next line and the Unicode line/paragraph
+# separators are line breaks: deleting them would glue the words on either side together.
+_CHAR_MAP.update(dict.fromkeys(map(ord, "\f\v\x85\u2028\u2029"), "\n"))
+
+_INNER_SPACE_RUN = re.compile(r"(?<=\S)(?:[ \t]{2,}|\t)")  # after a non-space: never the indentation
+_EXTRA_BLANK_LINES = re.compile(r"\n{4,}")          # 3+ blank lines (2 blank lines separate code blocks)
+
+
+def normalize_text(text: str, collapse_inner_spaces: bool = True) -> tuple[str, int]:
+    """Unicode NFC, one kind of line end and space, no control characters; returns (text, chars removed).
+
+    Leading indentation is never changed, so code keeps its structure. Runs of spaces and tabs
+    inside a line become one space unless ``collapse_inner_spaces`` is False (for code, where aligned
+    comments and tables are deliberate).
+    """
+    out = text.replace("\r\n", "\n").replace("\r", "\n").translate(_CHAR_MAP)
+    out = unicodedata.normalize("NFC", out)
+    lines = [line.rstrip(" \t") for line in out.split("\n")]
+    if collapse_inner_spaces:
+        lines = [_INNER_SPACE_RUN.sub(" ", line) for line in lines]
+    out = _EXTRA_BLANK_LINES.sub("\n\n\n", "\n".join(lines)).strip("\n")
+    return out, len(text) - len(out)
+
+
+# --- de-hyphenation -------------------------------------------------------------------------
+
+# A letter, a hyphen at the end of a line, then (after optional indentation) the next letter.
+_LINE_END_HYPHEN = re.compile(r"([^\W\d_])-\n[ \t]*([^\W\d_])")
+
+
+def _join_if_lowercase(match: re.Match) -> str:
+    before, after = match.groups()
+    # "infor-\nmation" is one word; "Anglo-\nSaxon" keeps its hyphen and break.
+    return before + after if after.islower() else match.group(0)
+
+
+def dehyphenate(text: str) -> tuple[str, int]:
+    """Join words hyphenated across a line break when a lowercase letter follows; returns (text, joins).
+
+    Meant for prose extracted from PDFs and scans. Without a dictionary a real hyphen at a line
+    end cannot be told from a typesetter's, so "e-\\nmail" becomes "email" (the common spelling).
+    """
+    out = _LINE_END_HYPHEN.sub(_join_if_lowercase, text)
+    return out, text.count("\n") - out.count("\n")
+
+
+# --- chatbot slop ---------------------------------------------------------------------------
+
+# Phrases that mark text written by (or pasted from) a chat assistant rather than a person.
+SLOP_PHRASES = (
+    "As an AI language model",
+    "As an AI assistant",
+    "As a large language model",
+    "As an AI developed by",
+    "I'm just an AI",
+    "I cannot fulfill",
+    "I can't fulfill",
+    "I'm sorry, but I can't",
+    "I'm sorry, but I cannot",
+    "I am unable to provide",
+    "I'm unable to provide",
+    "I don't have personal opinions",
+    "I do not have personal opinions",
+    "I don't have personal experiences",
+    "I don't have access to real-time",
+    "my knowledge cutoff",
+    "as of my last knowledge update",
+    "as of my last update",
+    "I hope this helps!",
+    "Certainly! Here",
+    "Sure! Here's",
+    "Let me know if you have any other questions",
+    "Feel free to ask if you have any",
+    "regenerate response",
+)
+# drop_line mode drops the whole document when at least this many lines ...
+SLOP_DENSE_MIN_LINES = 2
+# ... and at least this share of its non-blank lines hold a phrase: it is mostly assistant output.
+SLOP_DENSE_SHARE = 0.25
+
+
+_SENTENCE_BREAK = re.compile(r"(?<=[.!?])\s+")
+
+
+def _fold(text: str) -> str:
+    # Case-insensitive, and typographic apostrophes are as common as straight ones in chat output.
+    return text.casefold().replace("\u2019", "'")
+
+
+@functools.lru_cache(maxsize=8)
+def _slop_pattern(extra_phrases: tuple[str, ...]) -> re.Pattern:
+    alternatives = (re.escape(p).replace("'", "['\u2019]") for p in SLOP_PHRASES + extra_phrases)
+    return re.compile("|".join(alternatives), re.IGNORECASE)
+
+
+def _cut_slop_sentences(line: str, pattern: re.Pattern) -> str:
+    """The line without the sentences that contain a slop phrase (a phrase may span two)."""
+    while match := pattern.search(line):
+        starts = [0] + [b.end() for b in _SENTENCE_BREAK.finditer(line)]
+        first = max(s for s in starts if s <= match.start())
+        after = min((s for s in starts if s >= match.end()), default=len(line))
+        line = (line[:first] + line[after:]).rstrip()
+    return line
+
+
+def remove_slop(text: str, phrases: list[str] | tuple[str, ...] = ()) -> tuple[str, int]:
+    """Cut the sentences holding a slop phrase (built-in list plus ``phrases``); returns (text, lines hit).
+
+    A line left empty is removed. Text that is mostly slop is better dropped as a whole: see
+    ``slop_is_dense``.
+    """
+    # Substring search is ~25x faster than the case-insensitive regex, and most documents have
+    # no slop at all, so the regex only runs on the documents that do.
+    folded = _fold(text)
+    if not any(_fold(phrase) in folded for phrase in SLOP_PHRASES + tuple(phrases)):
+        return text, 0
+    pattern = _slop_pattern(tuple(phrases))
+    kept, hit_lines = [], 0
+    for line in text.split("\n"):
+        cleaned = _cut_slop_sentences(line, pattern)
+        if cleaned == line:
+            kept.append(line)
+            continue
+        hit_lines += 1
+        if cleaned.strip():
+            kept.append(cleaned)
+    return "\n".join(kept), hit_lines
+
+
+def slop_is_dense(lines_hit: int, lines_total: int) -> bool:
+    """Whether so many lines held slop that the document as a whole is assistant output."""
+    return lines_hit >= SLOP_DENSE_MIN_LINES and lines_hit >= SLOP_DENSE_SHARE * lines_total
+
+
+# --- personal information -------------------------------------------------------------------
+
+_EMAIL = re.compile(r"\b[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}\b")
+_PHONE = re.compile(
+    r"""(?<![\w+.,/:-])                                  # not the tail of a number, date or word
+    (?:
+        \+\d{1,3}[ .-]?(?:\(\d{1,4}\)|\d{1,4})(?:[ .-]?\d{2,5}){1,5}  # international: +49 30 1234567
+      | (?:\(0\d{1,4}\)|0\d{1,4})(?P<sep>[ ./-]?)\d{2,8}(?:(?P=sep)\d{2,8}){0,3}  # national, trunk 0:
+                                                     # 030 1234567, 06.12.34.56.78 (one separator kind,
+                                                     # so a date + time like "01-02-2023 1200" is not one)
+      | (?:1[ .-])?(?:\(\d{3}\)[ ]?|\d{3}[-.])\d{3}[-.]\d{4}  # North American: (555) 123-4567, 1-800-555-1234
+    )
+    (?![\w]|[.,/:-]\d)                               # not the head of a longer number or version
+    """,
+    re.VERBOSE,
+)
+# A phone number has 9 to 15 digits (E.164); shorter digit groups are years, dates, prices, ids.
+PHONE_MIN_DIGITS = 9
+PHONE_MAX_DIGITS = 15
+
+
+def _phone_or_keep(match: re.Match) -> str:
+    digits = sum(char.isdigit() for char in match.group(0))
+    return "<PHONE>" if PHONE_MIN_DIGITS <= digits <= PHONE_MAX_DIGITS else match.group(0)
+
+
+def scrub_pii(text: str) -> tuple[str, int]:
+    """Replace e-mail addresses with <EMAIL> and phone numbers with <PHONE>; returns (text, replacements)."""
+    out, emails = _EMAIL.subn("<EMAIL>", text)
+    out = _PHONE.sub(_phone_or_keep, out)
+    phones = out.count("<PHONE>") - text.count("<PHONE>")  # matches too short to be phones stay as they were
+    return out, emails + phones
+
+
+# --- quality --------------------------------------------------------------------------------
+
+
+def non_text_share(text: str) -> float:
+    """Share of the non-space characters that are not letters (digits, punctuation, symbols, markup)."""
+    visible = [char for char in text if not char.isspace()]
+    if not visible:
+        return 0.0
+    return sum(not char.isalpha() for char in visible) / len(visible)
+
+
+def quality_issue(text: str, format: str, cfg: CleanConfig) -> str | None:
+    """Why this document should be dropped ("too_short", "mostly_non_text"), or None to keep it.
+
+    Source code is exempt from the non-text check: brackets, operators and numbers are its content.
+    """
+    if len(text.strip()) < cfg.min_chars:
+        return "too_short"
+    if format != CODE_FORMAT and non_text_share(text) > cfg.max_non_text_share:
+        return "mostly_non_text"
+    return None
+
+
+# --- the whole pipeline for one record ------------------------------------------------------
+
+
+@dataclass
+class CleanStats:
+    """What cleaning did to a corpus; one per worker, merged for the ingest report."""
+
+    documents_in: int = 0
+    # Documents clean_record dropped, by reason ("too_short", "mostly_non_text", "slop");
+    # duplicates are counted in exact_duplicates and near_duplicates instead.
+    documents_dropped_by_reason: Counter[str] = field(default_factory=Counter)
+    chars_in: int = 0
+    chars_out: int = 0
+    normalize_chars_removed: int = 0
+    lines_removed_boilerplate: int = 0
+    page_number_lines_removed: int = 0
+    hyphenations_joined: int = 0
+    slop_lines_removed: int = 0      # lines that lost a slop sentence (or, being all slop, went)
+    slop_documents_dropped: int = 0  # also in documents_dropped_by_reason["slop"]
+    pii_replaced: int = 0
+    exact_duplicates: int = 0
+    near_duplicates: int = 0
+
+    @property
+    def documents_out(self) -> int:
+        dropped = sum(self.documents_dropped_by_reason.values())
+        return self.documents_in - dropped - self.exact_duplicates - self.near_duplicates
+
+    def merge(self, other: CleanStats) -> CleanStats:
+        """Add ``other``'s counts to these (in place) and return self."""
+        for f in fields(self):
+            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
+        return self
+
+    def as_dict(self) -> dict:
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        out["documents_dropped_by_reason"] = dict(self.documents_dropped_by_reason)
+        out["documents_out"] = self.documents_out
+        return out
+
+
+def _clean_text(record: Record, cfg: CleanConfig, stats: CleanStats) -> str | None:
+    """The text-changing steps; None when the slop filter rejects the whole document."""
+    text, prose = record.text, record.format in PROSE_FORMATS
+    if cfg.normalize:
+        text, removed = normalize_text(text, collapse_inner_spaces=record.format != CODE_FORMAT)
+        stats.normalize_chars_removed += removed
+    if cfg.boilerplate and record.format == "pdf":
+        text, removed = remove_page_numbers(text)
+        stats.page_number_lines_removed += removed
+    if cfg.dehyphenate and prose:
+        text, joined = dehyphenate(text)
+        stats.hyphenations_joined += joined
+    if cfg.slop_filter and record.format != CODE_FORMAT:
+        lines_before = sum(1 for line in text.split("\n") if line.strip())
+        text, hit = remove_slop(text, cfg.slop_phrases)
+        stats.slop_lines_removed += hit
+        if hit and (cfg.slop_action == "drop_document" or slop_is_dense(hit, lines_before)):
+            return None
+    if cfg.pii:
+        text, replaced = scrub_pii(text)
+        stats.pii_replaced += replaced
+    return text
+
+
+def clean_record(record: Record, cfg: CleanConfig, stats: CleanStats) -> Record | None:
+    """Clean one record, or None if it is dropped; every change and drop is counted in ``stats``.
+
+    Cross-document steps are the caller's: boilerplate lines (BoilerplateFinder, before this) and
+    duplicates (Deduplicator, after this, so documents are compared in their cleaned form).
+    """
+    stats.documents_in += 1
+    stats.chars_in += len(record.text)
+    text = _clean_text(record, cfg, stats)
+    if text is None:
+        stats.slop_documents_dropped += 1
+        reason = "slop"
+    else:
+        reason = quality_issue(text, record.format, cfg)
+    if reason:
+        stats.documents_dropped_by_reason[reason] += 1
+        return None
+    stats.chars_out += len(text)
+    return replace(record, text=text)

@@ -1,0 +1,272 @@
+"""The ingest pipeline: files -> readers (in parallel) -> cleaning -> dedup -> documents.jsonl + report.
+
+1. Walk the sources (archives opened like folders) and read each file with the reader for its
+   format, in worker processes. Each file's records go to a cache file named by the file's content
+   hash, so a re-run skips unchanged files and the main process never holds a whole corpus.
+2. Pass one over the cached records counts lines repeated across documents (boilerplate).
+3. Pass two cleans each record, drops repeated lines, filters and deduplicates, and appends the
+   survivors to documents.jsonl. Every file ends up in ingest_report.json as ok, skipped or failed
+   with its reason; a bad file never stops the ingest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import sys
+import time
+import traceback
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from tqdm import tqdm
+
+from .boilerplate import BoilerplateFinder
+from .clean import PROSE_FORMATS, CleanStats, clean_record, normalize_text
+from .config import IngestConfig
+from .dedup import Deduplicator
+from .detect import HEAD_BYTES, detect_format
+from .readers import READERS
+from .record import ReaderOptions, Record, SkipFile
+from .walk import SkippedItem, WorkItem, scratch_folder, walk
+
+log = logging.getLogger("lmforge.ingest")
+
+DOCUMENTS_FILE = "documents.jsonl"
+REPORT_FILE = "ingest_report.json"
+# Part of every cache key: bump it when a reader's output changes so stale cache entries are not reused.
+READER_VERSION = 1
+
+
+@dataclass
+class FileResult:
+    source: str
+    group: str
+    format: str | None
+    status: str                 # "ok" | "skipped" | "failed"
+    reason: str = ""
+    bytes: int = 0
+    records: int = 0
+    documents_kept: int = 0
+    chars_kept: int = 0
+    cached: bool = False
+    seconds: float = 0.0
+    problems: list[str] = field(default_factory=list)
+    cache_path: str | None = None
+
+
+# ---- reading (runs in worker processes) ----------------------------------------------------------
+def _cache_key(data_hash: str, fmt: str, options: ReaderOptions) -> str:
+    settings = json.dumps({"v": READER_VERSION, "format": fmt, **asdict(options)}, sort_keys=True)
+    return hashlib.sha1(f"{data_hash}:{settings}".encode()).hexdigest()
+
+
+def _file_sha1(path: Path) -> str:
+    digest = hashlib.sha1()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def read_item(item: WorkItem, options: ReaderOptions, cache_dir: Path) -> FileResult:
+    """Read one file into its cache file of records; never raises."""
+    start = time.perf_counter()
+    result = FileResult(source=item.source, group=item.group, format=None, status="ok")
+    try:
+        result.bytes = item.path.stat().st_size
+        with open(item.path, "rb") as f:
+            result.format = detect_format(item.path, f.read(HEAD_BYTES))
+        if result.format is None:
+            raise SkipFile("binary file of no supported format")
+        if result.bytes == 0:
+            raise SkipFile("empty file")
+        cache_path = cache_dir / f"{_cache_key(_file_sha1(item.path), result.format, options)}.jsonl"
+        result.cache_path = str(cache_path)
+        if cache_path.is_file():
+            result.cached = True
+            with open(cache_path, encoding="utf-8") as f:
+                result.records = sum(1 for _ in f)
+        else:
+            result.records = _read_into_cache(item, result.format, options, cache_path, result.problems)
+        if result.records == 0:
+            raise SkipFile("no text found")
+    except SkipFile as exc:
+        result.status, result.reason = "skipped", str(exc)
+    except Exception as exc:  # a corrupt file fails alone; the ingest goes on
+        result.status, result.reason = "failed", f"{type(exc).__name__}: {exc}".strip()
+        log.debug("reading %s failed:\n%s", item.source, traceback.format_exc())
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+def _read_into_cache(item: WorkItem, fmt: str, options: ReaderOptions, cache_path: Path, problems: list) -> int:
+    reader = READERS[fmt]
+    kwargs = {"problems": problems} if fmt in {"csv", "json", "jsonl", "parquet"} else {}
+    tmp = cache_path.with_suffix(f".tmp{os.getpid()}")
+    count = 0
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            for record in reader(item.path, options, **kwargs):
+                if record.text.strip():
+                    f.write(json.dumps({"text": record.text, "format": record.format, "meta": record.meta},
+                                       ensure_ascii=False) + "\n")
+                    count += 1
+        os.replace(tmp, cache_path)  # only complete results enter the cache
+    finally:
+        tmp.unlink(missing_ok=True)
+    return count
+
+
+def _read_all(items: list[WorkItem], options: ReaderOptions, cache_dir: Path, workers: int) -> Iterator[FileResult]:
+    if workers <= 1 or len(items) <= 1:
+        for item in items:
+            yield read_item(item, options, cache_dir)
+        return
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        # map keeps the input order, so reports and documents.jsonl are deterministic.
+        yield from pool.map(read_item, items, [options] * len(items), [cache_dir] * len(items), chunksize=4)
+
+
+def cached_records(result: FileResult) -> Iterator[Record]:
+    with open(result.cache_path, encoding="utf-8") as f:
+        for line in f:
+            data = json.loads(line)
+            yield Record(data["text"], result.source, data["format"], data["meta"])
+
+
+# ---- the whole ingest -----------------------------------------------------------------------------
+def ingest(sources: Sequence[str | Path], out_dir: str | Path, cfg: IngestConfig | None = None,
+           quiet: bool = False) -> dict:
+    """Read, clean and deduplicate every file under `sources` into out_dir/documents.jsonl.
+
+    Returns the report (also written to out_dir/ingest_report.json). Raises ValueError when no
+    document at all was kept, after writing the report that says why.
+    """
+    cfg = cfg or IngestConfig()
+    start = time.perf_counter()
+    out_dir = Path(out_dir).expanduser()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    cache_dir = Path(cfg.cache_dir).expanduser()
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    options = cfg.reader_options()
+    workers = cfg.workers or os.cpu_count() or 1
+
+    with scratch_folder() as scratch:
+        walked = list(walk(sources, scratch))
+        items = [w for w in walked if isinstance(w, WorkItem)]
+        results = [FileResult(s.source, "", "archive", "skipped", s.reason) for s in walked
+                   if isinstance(s, SkippedItem)]
+        bar = tqdm(total=len(items), desc="reading", unit="file", file=sys.stderr, disable=quiet)
+        for result in _read_all(items, options, cache_dir, workers):
+            results.append(result)
+            bar.update(1)
+        bar.close()
+    ok = [r for r in results if r.status == "ok"]
+    stats = _clean_and_write(ok, out_dir / DOCUMENTS_FILE, cfg, quiet)
+    report = build_report(results, stats, time.perf_counter() - start, workers)
+    _write_json(out_dir / REPORT_FILE, report)
+    if not quiet:
+        print(format_summary(report))
+    summary = report["summary"]
+    if summary["documents_kept"] == 0:
+        reasons = [f"{n} x {reason}" for reason, n in summary["top_reasons"].items()]
+        dropped = summary["cleaning"].get("documents_dropped_by_reason") or {}
+        reasons += [f"{n} x dropped by cleaning: {reason}" for reason, n in dropped.items()]
+        raise ValueError(f"no document was kept from {', '.join(map(str, sources))} "
+                         f"({'; '.join(reasons) or 'no files found'})")
+    return report
+
+
+def _clean_and_write(ok: list[FileResult], documents_path: Path, cfg: IngestConfig, quiet: bool) -> CleanStats:
+    clean = cfg.clean
+    finder = BoilerplateFinder(clean) if clean.boilerplate else None
+    if finder is not None:  # pass one: which lines repeat across the prose documents of a group
+        for result in ok:
+            for record in cached_records(result):
+                if record.format in PROSE_FORMATS:
+                    finder.observe(result.group, normalize_text(record.text)[0])
+    dedup = Deduplicator(clean)
+    stats = CleanStats()
+    bar = tqdm(total=sum(r.records for r in ok), desc="cleaning", unit="doc", file=sys.stderr, disable=quiet)
+    with open(documents_path, "w", encoding="utf-8") as out:
+        for result in ok:
+            for record in cached_records(result):
+                bar.update(1)
+                kept = _clean_one(record, result.group, finder, dedup, clean, stats)
+                if kept is None:
+                    continue
+                result.documents_kept += 1
+                result.chars_kept += len(kept.text)
+                out.write(json.dumps({"text": kept.text, "source": kept.source, "format": kept.format,
+                                      "meta": kept.meta}, ensure_ascii=False) + "\n")
+    bar.close()
+    return stats
+
+
+def _clean_one(record: Record, group: str, finder, dedup, clean, stats: CleanStats) -> Record | None:
+    # Only prose has boilerplate: in code, a line like `import os` repeats because it is meant to.
+    if finder is not None and record.format in PROSE_FORMATS:
+        text, removed = finder.remove(group, normalize_text(record.text)[0])
+        stats.lines_removed_boilerplate += removed
+        record = Record(text, record.source, record.format, record.meta)
+    cleaned = clean_record(record, clean, stats)
+    if cleaned is None:
+        return None
+    kind = dedup.is_duplicate(cleaned.text)
+    if kind is not None:
+        setattr(stats, f"{kind}_duplicates", getattr(stats, f"{kind}_duplicates") + 1)
+        return None
+    return cleaned
+
+
+# ---- the report -----------------------------------------------------------------------------------
+def build_report(results: list[FileResult], stats: CleanStats, seconds: float, workers: int) -> dict:
+    by_format: dict[str, Counter] = {}
+    for r in results:
+        by_format.setdefault(r.format or "binary", Counter())[r.status] += 1
+    reasons = Counter(f"{r.status}: {r.reason}" for r in results if r.status != "ok")
+    text_bytes = sum(r.bytes for r in results if r.status == "ok")
+    summary = {
+        "files": len(results),
+        "ok": sum(r.status == "ok" for r in results),
+        "skipped": sum(r.status == "skipped" for r in results),
+        "failed": sum(r.status == "failed" for r in results),
+        "by_format": {fmt: dict(counts) for fmt, counts in sorted(by_format.items())},
+        "top_reasons": dict(reasons.most_common(10)),
+        "documents_kept": sum(r.documents_kept for r in results),
+        "chars_kept": sum(r.chars_kept for r in results),
+        "bytes_read": text_bytes,
+        "cleaning": stats.as_dict(),
+        "seconds": round(seconds, 3),
+        "workers": workers,
+    }
+    files = [{k: v for k, v in asdict(r).items() if k not in {"cache_path", "group"}} for r in results]
+    return {"summary": summary, "files": files}
+
+
+def format_summary(report: dict) -> str:
+    s = report["summary"]
+    lines = [f"ingested {s['files']} files in {s['seconds']:.1f} s with {s['workers']} workers: "
+             f"{s['ok']} ok, {s['skipped']} skipped, {s['failed']} failed"]
+    for fmt, counts in s["by_format"].items():
+        lines.append(f"  {fmt:<9} " + ", ".join(f"{n} {status}" for status, n in sorted(counts.items())))
+    for reason, n in s["top_reasons"].items():
+        lines.append(f"  {n:>4} x {reason}")
+    c = s["cleaning"]
+    lines.append(f"kept {s['documents_kept']:,} documents, {s['chars_kept']:,} characters; "
+                 f"removed {c.get('exact_duplicates', 0)} exact and {c.get('near_duplicates', 0)} near duplicates, "
+                 f"{c.get('lines_removed_boilerplate', 0)} boilerplate lines, {c.get('slop_lines_removed', 0)} "
+                 f"slop lines; dropped documents: {c.get('documents_dropped_by_reason', {}) or 'none'}")
+    return "\n".join(lines)
+
+
+def _write_json(path: Path, data: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
