@@ -112,3 +112,20 @@ def test_init_prints_a_config_that_trains(tmp_path):
     out = lmforge("train", config, "--train.max_steps=0", f"--data.cache_dir={tmp_path}", cwd=tmp_path, check=False)
     assert out.returncode == 2  # the file loaded, then the override was validated
     assert "train.max_steps: must be positive" in out.stderr
+
+
+def test_ingest_reports_every_file_and_fails_only_when_nothing_is_kept(corpus, tmp_path):
+    (corpus / "broken.pdf").write_bytes(b"%PDF-1.4\n% truncated")
+    out = lmforge("ingest", corpus, "--out", tmp_path / "ingested", "--workers", "2",
+                  f"--ingest.cache_dir={tmp_path / 'cache'}", cwd=tmp_path)
+    assert "30 ok, 1 skipped, 1 failed" in out.stdout
+    report = json.loads((tmp_path / "ingested" / "ingest_report.json").read_text())
+    assert {f["status"] for f in report["files"]} == {"ok", "skipped", "failed"}
+    assert sorted(p.name for p in (tmp_path / "ingested").iterdir()) == ["documents.jsonl", "ingest_report.json"]
+
+    junk = tmp_path / "junk"
+    junk.mkdir()
+    (junk / "a.bin").write_bytes(b"\x00\x01" * 64)
+    out = lmforge("ingest", junk, "--out", tmp_path / "nothing", f"--ingest.cache_dir={tmp_path / 'cache'}",
+                  cwd=tmp_path, check=False)
+    assert out.returncode == 2 and "no document was kept" in out.stderr
