@@ -23,7 +23,8 @@ def cmd_train(args: argparse.Namespace, overrides: list[str]) -> int:
 
     path, base = _config_source(args.config, preset_raw)
     cfg = load_run_config(path, overrides, base=base)
-    result = run_pretraining(cfg.model, cfg.data, cfg.train, render_config(cfg, "Resolved config of this run."))
+    config_yaml = render_config(cfg, "Resolved config of this run.")
+    result = run_pretraining(cfg.model, cfg.data, cfg.train, cfg.ingest, config_yaml)
     _print_summary(result)
     if result.stop_reason.startswith("diverged"):
         return EXIT_FAILED

@@ -15,6 +15,7 @@ from ..data.corpus import default_corpus_files
 from ..data.loader import TokenBatches
 from ..data.prepare import ensure_prepared
 from ..data.shards import read_meta
+from ..ingest.config import IngestConfig
 from ..model.config import ModelConfig, with_vocab
 from ..model.gpt import GPT
 from ..tokenizer import load_tokenizer
@@ -24,7 +25,7 @@ from .config import TrainConfig
 from .loop import Trainer, TrainResult
 
 
-def prepare_data(data: DataConfig, tokenizer_spec: str | None = None) -> Path:
+def prepare_data(data: DataConfig, ingest_cfg: IngestConfig | None = None, tokenizer_spec: str | None = None) -> Path:
     """The prepared data folder for this run (raw paths are tokenized once and cached)."""
     sources = data.path if data.path else default_corpus_files(data.default_corpus_bytes)
     if not data.path:
@@ -33,7 +34,7 @@ def prepare_data(data: DataConfig, tokenizer_spec: str | None = None) -> Path:
     cache_dir = Path(data.cache_dir).expanduser()
     return ensure_prepared([Path(s).expanduser() for s in sources], cache_dir,
                            tokenizer=tokenizer_spec or data.tokenizer, vocab_size=data.vocab_size,
-                           val_fraction=data.val_fraction, seed=data.seed)
+                           val_fraction=data.val_fraction, seed=data.seed, ingest_cfg=ingest_cfg)
 
 
 def build_model(model_cfg: ModelConfig, vocab_size: int) -> GPT:
@@ -48,14 +49,14 @@ def build_model(model_cfg: ModelConfig, vocab_size: int) -> GPT:
 
 
 def run_pretraining(model_cfg: ModelConfig, data_cfg: DataConfig, train_cfg: TrainConfig,
-                    config_yaml: str | None = None) -> TrainResult:
+                    ingest_cfg: IngestConfig | None = None, config_yaml: str | None = None) -> TrainResult:
     random.seed(train_cfg.seed)
     torch.manual_seed(train_cfg.seed)
     device = resolve_device(train_cfg.device)
     resolve_precision(train_cfg.precision, device, n_params=0)  # an impossible choice fails before data prep
     # A run that starts from a checkpoint must read the data with that checkpoint's tokenizer.
     tokenizer_spec = str(Path(model_cfg.init_from).expanduser()) if model_cfg.init_from else None
-    data_dir = prepare_data(data_cfg, tokenizer_spec)
+    data_dir = prepare_data(data_cfg, ingest_cfg, tokenizer_spec)
     meta = read_meta(data_dir)
     tokenizer = load_tokenizer(data_dir)
     model = build_model(model_cfg, tokenizer.vocab_size)
