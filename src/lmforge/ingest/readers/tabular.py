@@ -75,7 +75,7 @@ def read_parquet(path: Path, options: ReaderOptions, problems: list[str] | None 
     try:
         import pyarrow.parquet as pq
     except ImportError:
-        raise SkipFile("reading Parquet needs pyarrow: pip install pyarrow") from None
+        raise SkipFile("reading Parquet needs pyarrow: pip install 'lmforge[parquet]'") from None
     rows = (row for batch in pq.ParquetFile(path).iter_batches(batch_size=PARQUET_BATCH_ROWS)
             for row in batch.to_pylist())
     yield from _records(path, "parquet", enumerate(rows, start=1), options, _Problems(path, problems))
