@@ -177,7 +177,7 @@ def test_parquet_without_pyarrow_is_skipped_with_the_fix(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "pyarrow.parquet", None)
     path = tmp_path / "data.parquet"
     path.write_bytes(b"PAR1")
-    with pytest.raises(SkipFile, match="pip install pyarrow"):
+    with pytest.raises(SkipFile, match=r"pip install .lmforge\[parquet\]"):
         list(read_parquet(path, ReaderOptions()))
 
 
