@@ -107,6 +107,8 @@ def test_rerun_reads_unchanged_files_from_the_cache(mixed_folder, tmp_path):
     second = ingest([mixed_folder], tmp_path / "b", cfg, quiet=True)
     cached = {f["source"].rsplit("/", 1)[-1]: f["cached"] for f in second["files"] if f["status"] == "ok"}
     assert cached["article.txt"] is False and cached["story.md"] is True and cached["report.pdf"] is True
+    chat = next(f for f in second["files"] if f["source"].endswith("chat.jsonl"))
+    assert chat["cached"] and chat["problems"]  # a cached file still reports its malformed line
     # On the first run only the exact copy of article.txt is served from the cache (same content, same key).
     assert [f["source"].rsplit("/", 1)[-1] for f in first["files"] if f["cached"]] == ["copy_of_article.txt"]
     assert "herons" in (tmp_path / "b" / "documents.jsonl").read_text()

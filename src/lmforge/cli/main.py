@@ -152,7 +152,7 @@ def _reject_overrides(overrides: list[str]) -> None:
 def _add_ingest_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="a YAML run config whose ingest: section to use")
     p.add_argument("--workers", type=int, help="reader processes (default: one per CPU core)")
-    p.add_argument("--text-field", action="append", help="field/column holding the text in CSV/JSON/SQL "
+    p.add_argument("--text-field", action="append", help="field/column holding the text in CSV/JSON/Parquet/SQLite "
                    "(repeatable; default: text/content/body, else all string fields)")
     p.add_argument("--no-ocr", action="store_true", help="do not OCR images and scanned PDF pages")
     p.add_argument("--ocr-language", help="Tesseract language(s), e.g. eng or eng+deu")

@@ -88,12 +88,17 @@ def read_item(item: WorkItem, options: ReaderOptions, cache_dir: Path) -> FileRe
             raise SkipFile("empty file")
         cache_path = cache_dir / f"{_cache_key(_file_sha1(item.path), result.format, options)}.jsonl"
         result.cache_path = str(cache_path)
+        problems_path = cache_path.with_suffix(".problems.json")
         if cache_path.is_file():
             result.cached = True
             with open(cache_path, encoding="utf-8") as f:
                 result.records = sum(1 for _ in f)
+            if problems_path.is_file():  # a cached file still reports its malformed lines
+                result.problems = json.loads(problems_path.read_text(encoding="utf-8"))
         else:
             result.records = _read_into_cache(item, result.format, options, cache_path, result.problems)
+            if result.problems:
+                problems_path.write_text(json.dumps(result.problems), encoding="utf-8")
         if result.records == 0:
             raise SkipFile("no text found")
     except SkipFile as exc:
