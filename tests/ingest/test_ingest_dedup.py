@@ -3,7 +3,6 @@
 import builtins
 import logging
 import random
-import time
 
 import pytest
 
@@ -90,13 +89,21 @@ def test_without_datasketch_only_exact_duplicates_with_a_warning(monkeypatch, ca
     assert dedup.is_duplicate(text) == "exact"
 
 
-def test_speed_of_2000_documents():
+def test_many_unrelated_documents_are_never_flagged():
     pytest.importorskip("datasketch")
     docs = [" ".join(words(seed)) for seed in range(1000, 3000)]
     dedup = Deduplicator(CleanConfig())
-    start = time.perf_counter()
-    found = [dedup.is_duplicate(doc) for doc in docs]
-    rate = len(docs) / (time.perf_counter() - start)
-    print(f"dedup: {rate:,.0f} documents/s")
-    assert found.count(None) == len(docs)
-    assert rate > 300  # about 3,000/s on one laptop core; generous for slow CI machines
+    assert [dedup.is_duplicate(doc) for doc in docs] == [None] * len(docs)
+
+
+def test_long_documents_are_hashed_in_batches_with_the_same_result(monkeypatch):
+    pytest.importorskip("datasketch")
+    import lmforge.ingest.dedup as dedup_module
+
+    original = words(7, n=1000)
+    near = list(original)
+    near[500] = "changed"
+    monkeypatch.setattr(dedup_module, "SHINGLE_BATCH", 64)  # ~16 batches per document
+    dedup = Deduplicator(CleanConfig())
+    assert dedup.is_duplicate(" ".join(original)) is None
+    assert dedup.is_duplicate(" ".join(near)) == "near"

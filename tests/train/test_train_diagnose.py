@@ -1,7 +1,9 @@
-"""Tests for lmforge.train.diagnose: verdicts on synthetic learning curves."""
+"""Tests for lmforge.train.diagnose: verdicts on synthetic and on real learning curves."""
 
+import json
 import math
 import random
+from pathlib import Path
 
 import pytest
 
@@ -106,12 +108,27 @@ def test_overfit_names_the_step_of_the_best_validation_loss():
 
 
 def test_overfit_needs_a_rise_above_evaluation_noise():
+    # Validation creeps up a little, the train loss levels off with it: the gap does not grow.
+    small_rise = lambda step: decaying(2.3, time=400)(step) + max(0.0, (step - 1800) / 100_000)  # noqa: E731
+
+    diagnosis = diagnose(run(train=decaying(2.0, time=400), val=small_rise))
+
+    assert diagnosis.verdict != "over-fit"
+    assert diagnosis.numbers["val_rise_above_best"] < 0.04
+
+
+def test_flat_validation_with_a_growing_gap_is_starting_to_overfit():
+    # Validation stops improving (it even creeps up a little, less than the 4% rise rule)
+    # while the train loss keeps falling: the gap opens, the model has begun to memorise.
     small_rise = lambda step: decaying(2.3, time=400)(step) + max(0.0, (step - 1800) / 100_000)  # noqa: E731
 
     diagnosis = diagnose(run(train=overfitting_train, val=small_rise))
 
-    assert diagnosis.verdict != "over-fit"
     assert diagnosis.numbers["val_rise_above_best"] < 0.04
+    assert diagnosis.verdict == "over-fit"
+    assert "starting to over-fit since step" in diagnosis.text.lower()
+    assert "Stop about here" in diagnosis.text
+    assert "plateau" not in diagnosis.text.lower()
 
 
 def test_stalled_learning_with_a_decayed_schedule_is_a_plateau():
@@ -122,6 +139,29 @@ def test_stalled_learning_with_a_decayed_schedule_is_a_plateau():
 
     assert diagnosis.verdict == "plateau"
     assert "stalled" in diagnosis.text
+
+
+def test_stalled_is_judged_against_the_start_of_the_run_not_the_first_evaluation():
+    # The first evaluation (step 200) comes after the fast early drop from about ln(vocab).
+    metrics = run(train=decaying(7.5, scale=3, time=100), val=decaying(7.6, scale=3, time=100))
+
+    diagnosis = diagnose(metrics)
+
+    assert diagnosis.numbers["train_loss_first"] == pytest.approx(10.5)
+    assert "where training started (10.500" in diagnosis.text
+
+
+def test_barely_learning_at_a_tiny_constant_learning_rate_is_a_plateau_that_needs_a_higher_one():
+    # The loss creeps down from its start and is still far from learned: the learning rate is too small.
+    metrics = run(train=lambda step: 4.2 - step / 10_000, val=lambda step: 4.21 - step / 10_000,
+                  lr=lambda step: 1e-5)
+
+    diagnosis = diagnose(metrics)
+
+    assert diagnosis.verdict == "plateau"
+    assert "barely learned" in diagnosis.text
+    assert "Check the learning rate (this run peaked at 1.00e-05)" in diagnosis.text
+    assert "At a high learning rate" not in diagnosis.text
 
 
 def test_plateau_at_a_high_learning_rate_suggests_decaying_it():
@@ -221,3 +261,35 @@ def test_write_diagnosis_writes_the_text_with_the_verdict_first(tmp_path):
     assert text == diagnosis.text
     assert text.splitlines()[0] == "Verdict: over-fit"
     assert diagnosis.verdict in VERDICTS
+
+
+# --- real curves -------------------------------------------------------------------------
+# training_metrics.json of real `lmforge train` runs (char-level Shakespeare and Gutenberg
+# texts, licence texts with gpt2-tiny), named <expected verdict>__<run>.json; "_" in the
+# verdict stands for a space. Each verdict is what the curves show by eye.
+
+FIXTURES = sorted((Path(__file__).parent / "fixtures" / "curves").glob("*.json"))
+
+
+def expected_verdict(path):
+    return path.name.split("__")[0].replace("_", " ")
+
+
+def test_real_curves_cover_every_verdict():
+    assert {expected_verdict(path) for path in FIXTURES} == set(VERDICTS)
+
+
+@pytest.mark.parametrize("path", FIXTURES, ids=[path.stem for path in FIXTURES])
+def test_real_curves_get_their_verdict(path):
+    diagnosis = diagnose(json.loads(path.read_text()))
+
+    assert diagnosis.verdict == expected_verdict(path)
+    assert diagnosis.text.startswith(f"Verdict: {diagnosis.verdict}\n")
+
+
+def test_real_early_memorisation_is_not_called_a_plateau():
+    # The reviewer's run: 300 steps on 58k tokens, train still falling, gap 0.1 -> 1.0.
+    diagnosis = diagnose(json.loads((FIXTURES[0].parent / "over-fit__licences_gpt2tiny_300steps.json").read_text()))
+
+    assert "Starting to over-fit since step 250" in diagnosis.text
+    assert "bigger model" not in diagnosis.text

@@ -1,22 +1,31 @@
 """Learning-curve diagnosis: read a run's loss curves and say in plain words what they show.
 
-The rules below are the ones a practitioner applies by eye, made explicit. All comparisons
-use means over windows of points, never single points, so batch noise cannot flip a
-verdict. The rules are tried in this order and the first one that matches wins:
+The rules below are the ones a practitioner applies by eye, made explicit, and were tuned on
+real runs (tests/train/fixtures/curves) as well as textbook shapes. All comparisons use means
+over windows of points, never single points, so batch noise cannot flip a verdict. "The
+start" is the first logged train loss (about ln(vocabulary size) for an untrained model),
+not the first evaluation, which comes only after the fast early drop. The rules are tried in
+this order and the first one that matches wins:
 
-1. diverging: a train loss became NaN/inf; or the smoothed train loss climbed far back
-   up from its minimum; or both losses have been rising together.
+1. diverging: a train loss became NaN/inf; or the smoothed train loss climbed far above the
+   lowest it had been before (a blow-up, even if it came back down later); or both losses
+   have been rising together.
 2. too short to judge: fewer than MIN_VAL_POINTS validation evaluations.
-3. over-fit: the smoothed validation loss rose more than OVERFIT_RISE above its best
-   while the train loss did not rise.
-4. under-fit: over the tail of the run (its last TAIL_FRACTION of steps) both losses
-   still fell by more than UNDERFIT_DROP; or by more than FLAT_DROP with validation
-   level with train (no gap at all: nothing is being memorised yet).
-5. plateau: the curves are flat but the learning rate was never decayed (the optimizer
-   is bouncing around, not settling), or the validation loss has hardly moved for the
-   whole second half of the run while it is still high compared with where it started
-   (learning stalled early).
-6. well fit: flat at the end of a decayed schedule with validation near its best.
+3. over-fit: the smoothed validation loss rose more than OVERFIT_RISE above its best while
+   the train loss did not rise; or (starting to over-fit) validation stopped improving, it
+   fell less than FLAT_DROP over the tail, while over the second half of the run the train
+   loss fell more than GAP_GROWTH (of the validation loss) further than validation did: the
+   train-val gap is growing.
+4. under-fit: over the tail both losses still fell by more than UNDERFIT_DROP.
+5. plateau: the model has barely learned anything: validation is still at BARELY_LEARNED of
+   the start or above, and not falling fast (at most UNDERFIT_DROP over the tail).
+6. under-fit: validation is level with train (within NO_GAP: nothing is being memorised yet)
+   and both still fall a little: more than FLAT_DROP over the tail or more than STALL_DROP
+   over the second half.
+7. plateau: the learning rate was never decayed; or validation is level with train and has
+   stopped falling (learning stalled: the model is not memorising, it is not learning).
+8. well fit: anything else: flat or nearly flat at the end of a decayed schedule, with a
+   train-val gap that exists but is not growing fast.
 """
 
 from __future__ import annotations
@@ -41,8 +50,12 @@ TRAIN_WINDOW_FRACTION = 0.1
 VAL_WINDOW_FRACTION = 0.2
 # "The end of the run", where the recent trend is measured: its last quarter of steps.
 TAIL_FRACTION = 0.25
-# Diverging: the smoothed train loss sits this fraction above its minimum. A healthy train
-# loss only goes down (slowly, at the end), so a 15% climb is a blow-up, not noise...
+# "The second half of the run": long enough to see a slow trend even in a short run, whose
+# last quarter may hold only two evaluations and is flattened by the learning-rate decay.
+LATE_FRACTION = 0.5
+# Diverging: the smoothed train loss climbed this fraction above the lowest it had been
+# before. A healthy train loss only goes down (slowly, at the end), so a 15% climb is a
+# blow-up, not noise...
 DIVERGENCE_RISE = 0.15
 # ...and at least this many nats above it, so that runs already near zero loss, where
 # tiny wiggles are large fractions, are not called diverging.
@@ -50,20 +63,27 @@ DIVERGENCE_MIN_RISE_NATS = 0.1
 # Over-fit: smoothed validation loss this far above its best. Evaluation noise is
 # usually around 1%, so 4% is a real rise, not a wobble.
 OVERFIT_RISE = 0.04
+# Starting to over-fit: over the second half of the run the train loss fell this much more
+# than the validation loss (as a share of the validation loss): the gap is opening. Real
+# runs that start to memorise show 5-20%; a healthy gap that stays put shows about 0.
+GAP_GROWTH = 0.03
+# "Validation stopped improving at step N": the first evaluation within this share of the
+# best one (closer than that is evaluation noise).
+STOPPED_IMPROVING = 0.01
 # Under-fit: a loss that fell by more than this across the tail is still clearly learning.
 UNDERFIT_DROP = 0.03
 # A loss that fell by less than this across the tail is flat.
 FLAT_DROP = 0.01
-# Validation within this fraction of train: no generalisation gap at all.
-NO_GAP = 0.02
+# A validation loss that fell by less than this across the whole second half has stalled.
+STALL_DROP = 0.01
+# Validation within this share of train (over the last window of evaluations): no
+# generalisation gap at all, the model is not memorising anything yet.
+NO_GAP = 0.03
+# Plateau: validation still above this share of the start (the first logged train loss)
+# at the end of a run that is no longer clearly falling: the model has barely learned.
+BARELY_LEARNED = 0.85
 # Plateau: a final learning rate at or above this share of the peak was never decayed.
 PLATEAU_LR_RATIO = 0.5
-# Plateau: "flat for long" means the validation loss fell by less than PLATEAU_LATE_DROP
-# across this last share of the run...
-PLATEAU_LATE_FRACTION = 0.5
-PLATEAU_LATE_DROP = 0.02
-# ...while it is still above this share of its first value (learned little).
-PLATEAU_HIGH_LOSS_RATIO = 0.7
 # Well fit, but validation this far above train: the model is starting to memorise.
 LARGE_GAP = 0.10
 
@@ -88,6 +108,7 @@ class _Curves:
     learning_rates: list[float]
     first_step: int
     last_step: int
+    epochs_final: float | None
     first_nonfinite_step: int | None
 
 
@@ -96,6 +117,7 @@ class _Trend:
     """How a loss moved across a stretch: mean of its first half vs mean of its second half."""
 
     drop: float  # relative fall, 0.05 = fell 5%; negative when it rose
+    fall: float  # the same in nats
     slope_per_1k_steps: float
 
 
@@ -105,15 +127,26 @@ class _Measurements:
 
     first_step: int
     last_step: int
-    tail_start_step: int  # the trend columns measure from here to the end
+    tail_start_step: int  # the tail trend columns measure from here to the end
+    late_start_step: int  # the late (second-half) columns measure from here to the end
+    epochs_final: float | None = None
     first_nonfinite_step: int | None = None
     train_window: int | None = None  # rows in each train-loss averaging window
+    train_loss_first: float | None = None  # the first logged train loss: where the run started
+    train_loss_first_step: int | None = None
     train_loss_start: float | None = None  # mean of the first window
     train_loss_min: float | None = None  # lowest window mean
     train_loss_min_step: int | None = None
     train_loss_recent: float | None = None  # mean of the last window
+    train_climb: float | None = None  # largest relative climb of a window mean above an earlier one
+    train_climb_from_step: int | None = None
+    train_climb_from_loss: float | None = None
+    train_climb_to_step: int | None = None
+    train_climb_to_loss: float | None = None
     train_tail_drop: float | None = None
     train_slope_per_1k_steps: float | None = None
+    train_late_drop: float | None = None  # relative fall of the train loss over the second half
+    train_late_fall: float | None = None  # the same in nats
     val_points: int = 0
     val_window: int | None = None  # evaluations in each validation averaging window
     val_loss_initial: float | None = None
@@ -122,15 +155,17 @@ class _Measurements:
     val_loss_best_step: int | None = None
     val_loss_final: float | None = None
     val_loss_final_step: int | None = None
+    val_stopped_improving_step: int | None = None  # first evaluation within STOPPED_IMPROVING of the best
     val_rise_above_best: float | None = None  # last window mean vs best window mean, relative
     val_tail_drop: float | None = None
     val_slope_per_1k_steps: float | None = None
-    late_start_step: int = 0  # start of the last PLATEAU_LATE_FRACTION of the run
-    val_late_drop: float | None = None  # relative fall of validation loss from there on
+    val_late_drop: float | None = None  # relative fall of validation loss over the second half
+    val_late_fall: float | None = None  # the same in nats
     val_perplexity_final: float | None = None
     val_perplexity_best: float | None = None
     train_loss_at_best_val: float | None = None  # train window mean up to the best evaluation
-    train_val_gap: float | None = None  # final val minus recent train
+    train_val_gap: float | None = None  # last val window minus train over the same steps
+    gap_growth: float | None = None  # train_late_fall - val_late_fall: how much the gap opened
     learning_rate_peak: float | None = None
     learning_rate_final: float | None = None
 
@@ -161,12 +196,14 @@ def _read_curves(metrics: dict[str, Any]) -> _Curves:
     nonfinite = set(metrics.get(NONFINITE_KEY) or [])
     nonfinite.update(step for step, loss in zip(steps, metrics.get("train_loss", []))
                      if loss is not None and not math.isfinite(loss))
+    epochs = [value for _, value in _finite_points(steps, metrics.get("epochs") or [])]
     return _Curves(
         train=_finite_points(steps, metrics.get("train_loss", [])),
         val=_finite_points(steps, metrics.get("val_loss", [])),
         learning_rates=[value for _, value in _finite_points(steps, metrics.get("learning_rate", []))],
         first_step=steps[0] if steps else 0,
         last_step=steps[-1] if steps else 0,
+        epochs_final=epochs[-1] if epochs else None,
         first_nonfinite_step=min(nonfinite, default=None),
     )
 
@@ -177,16 +214,22 @@ def _finite_points(steps: list[int], values: list[float | None]) -> Points:
 
 def _measure(curves: _Curves) -> _Measurements:
     tail_start = _last_part_start(curves, TAIL_FRACTION)
-    late_start = _last_part_start(curves, PLATEAU_LATE_FRACTION)
+    late_start = _last_part_start(curves, LATE_FRACTION)
+    train, val = _train_numbers(curves, tail_start, late_start), _val_numbers(curves.val, tail_start, late_start)
+    gap_growth = None
+    if train.get("train_late_fall") is not None and val.get("val_late_fall") is not None:
+        gap_growth = train["train_late_fall"] - val["val_late_fall"]
     return _Measurements(
         first_step=curves.first_step,
         last_step=curves.last_step,
         tail_start_step=tail_start,
         late_start_step=late_start,
+        epochs_final=curves.epochs_final,
         first_nonfinite_step=curves.first_nonfinite_step,
-        **_train_numbers(curves, tail_start),
-        **_val_numbers(curves.val, tail_start, late_start),
+        **train,
+        **val,
         **_gap_numbers(curves),
+        gap_growth=gap_growth,
         learning_rate_peak=max(curves.learning_rates, default=None),
         learning_rate_final=curves.learning_rates[-1] if curves.learning_rates else None,
     )
@@ -197,22 +240,42 @@ def _last_part_start(curves: _Curves, fraction: float) -> int:
     return round(curves.last_step - fraction * (curves.last_step - curves.first_step))
 
 
-def _train_numbers(curves: _Curves, tail_start: int) -> dict[str, Any]:
+def _train_numbers(curves: _Curves, tail_start: int, late_start: int) -> dict[str, Any]:
     if not curves.train:
         return {}
     window = _window_size(len(curves.train), TRAIN_WINDOW_FRACTION)
     smoothed = _rolling_means(curves.train, window)
     min_step, min_loss = min(smoothed, key=lambda point: point[1])
     trend = _trend(_tail(curves.train, tail_start, min_points=4))
+    late_trend = _trend(_tail(curves.train, late_start, min_points=4))
     return {
         "train_window": window,
+        "train_loss_first": curves.train[0][1],
+        "train_loss_first_step": curves.train[0][0],
         "train_loss_start": smoothed[0][1],
         "train_loss_min": min_loss,
         "train_loss_min_step": min_step,
         "train_loss_recent": smoothed[-1][1],
+        **_largest_climb(smoothed),
         "train_tail_drop": trend.drop if trend else None,
         "train_slope_per_1k_steps": trend.slope_per_1k_steps if trend else None,
+        "train_late_drop": late_trend.drop if late_trend else None,
+        "train_late_fall": late_trend.fall if late_trend else None,
     }
+
+
+def _largest_climb(smoothed: Points) -> dict[str, Any]:
+    """The largest climb of the smoothed train loss above the lowest it had been before."""
+    best: dict[str, Any] = {"train_climb": 0.0}
+    low_step, low = smoothed[0]
+    for step, loss in smoothed:
+        if loss < low:
+            low_step, low = step, loss
+        climb = (loss - low) / abs(low) if low else 0.0
+        if loss - low > DIVERGENCE_MIN_RISE_NATS and climb > best["train_climb"]:
+            best = {"train_climb": climb, "train_climb_from_step": low_step, "train_climb_from_loss": low,
+                    "train_climb_to_step": step, "train_climb_to_loss": loss}
+    return best
 
 
 def _val_numbers(val: Points, tail_start: int, late_start: int) -> dict[str, Any]:
@@ -223,6 +286,7 @@ def _val_numbers(val: Points, tail_start: int, late_start: int) -> dict[str, Any
     smoothed_losses = [loss for _, loss in _rolling_means(val, window)]
     trend = _trend(_tail(val, tail_start, min_points=2))
     late_trend = _trend(_tail(val, late_start, min_points=2))
+    stopped = next(step for step, loss in val if loss <= best_loss * (1 + STOPPED_IMPROVING))
     return {
         "val_points": len(val),
         "val_window": window,
@@ -232,10 +296,12 @@ def _val_numbers(val: Points, tail_start: int, late_start: int) -> dict[str, Any
         "val_loss_best_step": best_step,
         "val_loss_final": val[-1][1],
         "val_loss_final_step": val[-1][0],
+        "val_stopped_improving_step": stopped,
         "val_rise_above_best": smoothed_losses[-1] / min(smoothed_losses) - 1,
         "val_tail_drop": trend.drop if trend else None,
         "val_slope_per_1k_steps": trend.slope_per_1k_steps if trend else None,
         "val_late_drop": late_trend.drop if late_trend else None,
+        "val_late_fall": late_trend.fall if late_trend else None,
         "val_perplexity_final": perplexity(val[-1][1]),
         "val_perplexity_best": perplexity(best_loss),
     }
@@ -250,10 +316,14 @@ def _gap_numbers(curves: _Curves) -> dict[str, Any]:
     # The train window ending at the best evaluation (or the first window, if none came before).
     up_to_best = [loss for step, loss in curves.train if step <= best_val_step][-window:]
     at_best = up_to_best or [loss for _, loss in curves.train[:window]]
-    recent_train = _mean([loss for _, loss in curves.train[-window:]])
+    # The gap: the last validation window against the train loss over the same steps (at
+    # least a train window), so that neither one noisy evaluation nor one batch decides it.
+    last_val = curves.val[-_window_size(len(curves.val), VAL_WINDOW_FRACTION):]
+    same_steps = [loss for step, loss in curves.train if step >= last_val[0][0]]
+    recent_train = same_steps if len(same_steps) >= window else [loss for _, loss in curves.train[-window:]]
     return {
         "train_loss_at_best_val": _mean(at_best),
-        "train_val_gap": curves.val[-1][1] - recent_train,
+        "train_val_gap": _mean([loss for _, loss in last_val]) - _mean(recent_train),
     }
 
 
@@ -279,7 +349,7 @@ def _trend(points: Points) -> _Trend | None:
     first, second = points[:len(points) // 2], points[len(points) // 2:]
     first_loss, second_loss = _mean([loss for _, loss in first]), _mean([loss for _, loss in second])
     steps_apart = _mean([step for step, _ in second]) - _mean([step for step, _ in first])
-    return _Trend(drop=(first_loss - second_loss) / abs(first_loss),
+    return _Trend(drop=(first_loss - second_loss) / abs(first_loss), fall=first_loss - second_loss,
                   slope_per_1k_steps=1000 * (second_loss - first_loss) / max(steps_apart, 1))
 
 
@@ -297,18 +367,21 @@ def _classify(m: _Measurements) -> str:
         return "too short to judge"
     if m.val_rise_above_best > OVERFIT_RISE:
         return "over-fit"  # _both_rising() was False, so the train loss did not rise with it
-    if _still_learning(m):
+    if _gap_opening(m):
+        return "over-fit"  # starting to: validation stopped improving while train kept falling
+    if _clearly_falling(m):
         return "under-fit"
-    if _lr_not_decayed(m) or _stuck(m):
+    if _barely_learned(m):
         return "plateau"
+    if _no_gap(m) and _still_falling(m):
+        return "under-fit"
+    if _lr_not_decayed(m) or _no_gap(m):
+        return "plateau"  # the last one: level with train and flat, so learning stalled
     return "well fit"
 
 
 def _train_blew_up(m: _Measurements) -> bool:
-    if m.train_loss_recent is None:
-        return False
-    rise = m.train_loss_recent - m.train_loss_min
-    return rise > DIVERGENCE_RISE * abs(m.train_loss_min) and rise > DIVERGENCE_MIN_RISE_NATS
+    return (m.train_climb or 0.0) > DIVERGENCE_RISE  # _largest_climb() already required the nats
 
 
 def _both_rising(m: _Measurements) -> bool:
@@ -318,27 +391,36 @@ def _both_rising(m: _Measurements) -> bool:
     return m.val_rise_above_best > OVERFIT_RISE and train_rose
 
 
-def _still_learning(m: _Measurements) -> bool:
-    train_drop, val_drop = m.train_tail_drop or 0.0, m.val_tail_drop or 0.0
-    if train_drop > UNDERFIT_DROP and val_drop > UNDERFIT_DROP:
-        return True
-    return _no_gap(m) and train_drop > FLAT_DROP and val_drop > FLAT_DROP
+def _gap_opening(m: _Measurements) -> bool:
+    if m.val_tail_drop is None or m.gap_growth is None:
+        return False
+    return m.val_tail_drop < FLAT_DROP and m.gap_growth > GAP_GROWTH * m.val_loss_final
+
+
+def _clearly_falling(m: _Measurements) -> bool:
+    return (m.train_tail_drop or 0.0) > UNDERFIT_DROP and (m.val_tail_drop or 0.0) > UNDERFIT_DROP
+
+
+def _still_falling(m: _Measurements) -> bool:
+    """Both losses still falling, a little: over the tail, or over the whole second half."""
+    over_tail = min(m.train_tail_drop or 0.0, m.val_tail_drop or 0.0) > FLAT_DROP
+    return over_tail or min(m.train_late_drop or 0.0, m.val_late_drop or 0.0) > STALL_DROP
 
 
 def _no_gap(m: _Measurements) -> bool:
     return m.train_val_gap is not None and abs(m.train_val_gap) < NO_GAP * m.val_loss_final
 
 
+def _barely_learned(m: _Measurements) -> bool:
+    if m.train_loss_first is None or (m.val_tail_drop or 0.0) > UNDERFIT_DROP:  # falling fast: just started
+        return False
+    return m.val_loss_final >= BARELY_LEARNED * m.train_loss_first
+
+
 def _lr_not_decayed(m: _Measurements) -> bool:
     if not m.learning_rate_peak:  # no learning rates logged: cannot tell, assume decayed
         return False
     return m.learning_rate_final >= PLATEAU_LR_RATIO * m.learning_rate_peak
-
-
-def _stuck(m: _Measurements) -> bool:
-    flat_for_long = m.val_late_drop is not None and m.val_late_drop < PLATEAU_LATE_DROP
-    still_high = m.val_loss_final >= PLATEAU_HIGH_LOSS_RATIO * m.val_loss_initial
-    return flat_for_long and still_high
 
 
 # --- the words ----------------------------------------------------------------------------
@@ -353,12 +435,14 @@ def _explain_diverging(m: _Measurements) -> tuple[str, list[str]]:
             explanation += (f" Before that, the loss was lowest ({m.train_loss_min:.3f}) "
                             f"around step {m.train_loss_min_step}.")
     elif _train_blew_up(m):
-        start = m.train_loss_min_step
-        explanation = (f"Training diverged: the train loss was lowest ({m.train_loss_min:.3f}) around "
-                       f"step {start} and has climbed back up to {m.train_loss_recent:.3f} since (mean of "
-                       f"the last {m.train_window} logged steps), "
-                       f"{_share(m.train_loss_recent / m.train_loss_min - 1)} above its minimum. A healthy "
-                       "train loss only goes down.")
+        start = m.train_climb_from_step
+        explanation = (f"Training diverged: the train loss was at {m.train_climb_from_loss:.3f} around "
+                       f"step {start} and then climbed to {m.train_climb_to_loss:.3f} around step "
+                       f"{m.train_climb_to_step} (means of {m.train_window} logged steps), "
+                       f"{_share(m.train_climb)} up. A healthy train loss only goes down.")
+        if m.train_climb_to_step < m.last_step:
+            explanation += (f" It has come down since (to {m.train_loss_recent:.3f}), but the run was "
+                            "unstable and the jump can undo what was learned.")
     else:
         start = m.val_loss_best_step
         explanation = (f"Training is going unstable: since step {start} both losses have been rising, "
@@ -391,15 +475,29 @@ def _explain_too_short(m: _Measurements) -> tuple[str, list[str]]:
 
 def _explain_overfit(m: _Measurements) -> tuple[str, list[str]]:
     best = m.val_loss_best_step
-    explanation = (f"Over-fitting since step {best} (best val {m.val_loss_best:.3f} at step {best}, "
-                   f"now {m.val_loss_final:.3f}). Averaged over the last {m.val_window} evaluation(s), the "
-                   f"validation loss is {_share(m.val_rise_above_best)} above its best, while the train loss "
-                   f"did not go up with it ({m.train_loss_at_best_val:.3f} -> {m.train_loss_recent:.3f}). "
-                   "The model is memorising its training documents instead of learning what carries "
-                   "over to new text.")
+    if m.val_rise_above_best > OVERFIT_RISE:
+        explanation = (f"Over-fitting since step {best} (best val {m.val_loss_best:.3f} at step {best}, "
+                       f"now {m.val_loss_final:.3f}). Averaged over the last {m.val_window} evaluation(s), the "
+                       f"validation loss is {_share(m.val_rise_above_best)} above its best, while the train "
+                       f"loss did not go up with it ({m.train_loss_at_best_val:.3f} -> {m.train_loss_recent:.3f}). "
+                       "The model is memorising its training documents instead of learning what carries "
+                       "over to new text.")
+        stop = f"Stop earlier (early stopping): training past step {best} only made the model worse."
+    else:
+        since = m.val_stopped_improving_step
+        explanation = (f"Starting to over-fit since step {since}: the validation loss has hardly improved since "
+                       f"then (best {m.val_loss_best:.3f} at step {best}, now {m.val_loss_final:.3f}), while the "
+                       f"train loss kept falling. Over the second half of the run (from step "
+                       f"{m.late_start_step}) the train loss {_movement_nats(m.train_late_fall)} but the "
+                       f"validation loss {_movement_nats(m.val_late_fall)}, so the train-val gap grew to "
+                       f"{m.train_val_gap:+.3f}. "
+                       "The model has begun to memorise its training documents; validation has not risen "
+                       "much yet, but more steps will not improve it.")
+        stop = (f"Stop about here: steps after {since} hardly helped. Early stopping "
+                "(train.early_stopping_patience) ends a run once validation stops improving.")
     return explanation, [
         f"The best/ checkpoint already holds the model from step {best}: use that one.",
-        f"Stop earlier (early stopping): training past step {best} only made the model worse.",
+        stop,
         "More training data is the best cure.",
         "Regularise: dropout (0.1-0.2) or more weight decay (e.g. 0.1).",
         "A smaller model memorises less.",
@@ -409,18 +507,36 @@ def _explain_overfit(m: _Measurements) -> tuple[str, list[str]]:
 def _explain_underfit(m: _Measurements) -> tuple[str, list[str]]:
     explanation = (f"Under-fit: the model is still learning. Over the last part of the run (from step "
                    f"{m.tail_start_step}) the train loss {_movement(m.train_tail_drop)} and the validation "
-                   f"loss {_movement(m.val_tail_drop)}.")
+                   f"loss {_movement(m.val_tail_drop)}")
+    if not _clearly_falling(m) and m.train_late_drop is not None and m.val_late_drop is not None:
+        explanation += (f"; over the second half (from step {m.late_start_step}) the train loss "
+                        f"{_movement(m.train_late_drop)} and validation {_movement(m.val_late_drop)}")
+    explanation += "."
     if _no_gap(m):
         explanation += " Validation is level with train, so the model is not memorising anything yet."
-    explanation += " Stopping here leaves easy improvement on the table."
+    if m.epochs_final is not None and m.epochs_final < 1:
+        explanation += f" The run saw only {_share(m.epochs_final)} of its training data."
+    explanation += " More steps should still help."
     return explanation, [
         "Train longer (more steps or epochs), for example by resuming from the last checkpoint.",
         "If the loss has fallen slowly all along, a higher learning rate may help.",
-        "If it is levelling off at a high value, a bigger model can learn more.",
+        "If it is levelling off with validation level with train, a bigger model can learn more.",
     ]
 
 
 def _explain_plateau(m: _Measurements) -> tuple[str, list[str]]:
+    start = (f"where training started ({m.train_loss_first:.3f}, the first logged train loss; an untrained "
+             "model scores about ln of the vocabulary size)")
+    data_remedy = ("Check the data and tokenizer: a tokenizer that does not fit the text, or very repetitive "
+                   "or random text, caps how low the loss can go.")
+    if _barely_learned(m):
+        explanation = (f"Plateau: the model has barely learned anything. The validation loss ended at "
+                       f"{m.val_loss_final:.3f}, still {_share(m.val_loss_final / m.train_loss_first)} of {start}.")
+        return explanation, [
+            f"Check the learning rate (this run peaked at {_lr(m.learning_rate_peak)}): small models usually "
+            "train well around 1e-3; far lower makes the loss creep down, far higher keeps it bouncing high.",
+            data_remedy,
+        ]
     if _lr_not_decayed(m):
         lr_share = _share(m.learning_rate_final / m.learning_rate_peak)
         explanation = (f"Plateau: the loss has stopped improving (the train loss "
@@ -432,15 +548,14 @@ def _explain_plateau(m: _Measurements) -> tuple[str, list[str]]:
             "Decay the learning rate (a cosine schedule down to about 10% of the peak), or lower it.",
             "Then train again or resume: the loss usually drops further as the learning rate comes down.",
         ]
-    explanation = (f"Plateau: the validation loss has hardly moved over the second half of the run (from "
-                   f"step {m.late_start_step} it {_movement(m.val_late_drop)}) while it is still high: it is "
-                   f"at {m.val_loss_final:.3f}, {_share(m.val_loss_final / m.val_loss_initial)} of where it "
-                   f"started ({m.val_loss_initial:.3f}). Learning stalled early.")
+    explanation = (f"Plateau: learning stalled. Over the second half of the run (from step {m.late_start_step}) "
+                   f"the validation loss {_movement(m.val_late_drop)}, and it is level with the train loss "
+                   f"(gap {m.train_val_gap:+.3f}): the model is not memorising, it has stopped learning. It "
+                   f"ended at {m.val_loss_final:.3f}, {_share(m.val_loss_final / m.train_loss_first)} of {start}.")
     return explanation, [
-        "Check the data: a tokenizer that does not fit the text, or very repetitive or random text, "
-        "caps how low the loss can go.",
+        "Try a bigger model: this one seems to have learned all it can.",
         "If the learning rate was small, try a higher one.",
-        "Try a bigger model.",
+        data_remedy,
     ]
 
 
@@ -470,9 +585,12 @@ _EXPLAINERS: dict[str, Callable[[_Measurements], tuple[str, list[str]]]] = {
 def _describe_numbers(m: _Measurements) -> str:
     """The numbers paragraph shared by every verdict, built from whatever was measured."""
     sentences = []
+    if m.train_loss_first is not None:
+        sentences.append(f"The train loss started at {m.train_loss_first:.3f} (step {m.train_loss_first_step}).")
     if m.val_points:
         sentences.append(
-            f"Validation loss started at {m.val_loss_initial:.3f} (step {m.val_loss_initial_step}), "
+            f"The validation loss was {m.val_loss_initial:.3f} at the first evaluation (step "
+            f"{m.val_loss_initial_step}), "
             f"was best at {m.val_loss_best:.3f} (step {m.val_loss_best_step}) and ended at "
             f"{m.val_loss_final:.3f} (step {m.val_loss_final_step}), a perplexity of "
             f"{_number(m.val_perplexity_final)} (best {_number(m.val_perplexity_best)}).")
@@ -480,8 +598,8 @@ def _describe_numbers(m: _Measurements) -> str:
         sentences.append(f"The train loss averaged {m.train_loss_recent:.3f} over the last "
                          f"{m.train_window} logged step(s).")
     if m.train_val_gap is not None:
-        sentences.append("The train-val gap (final validation minus recent train) is "
-                         f"{m.train_val_gap:+.3f}.")
+        sentences.append(f"The train-val gap (the last {m.val_window} evaluation(s) minus the train loss around "
+                         f"them) is {m.train_val_gap:+.3f}.")
     slopes = [f"the {name} loss changed by {slope:+.3f} per 1000 steps"
               for name, slope in (("train", m.train_slope_per_1k_steps),
                                   ("validation", m.val_slope_per_1k_steps))
@@ -492,6 +610,8 @@ def _describe_numbers(m: _Measurements) -> str:
     if m.learning_rate_final is not None:
         sentences.append(f"The learning rate ended at {m.learning_rate_final:.2e} "
                          f"(peak {m.learning_rate_peak:.2e}).")
+    if m.epochs_final is not None:
+        sentences.append(f"The run covered {m.epochs_final:.2f} epochs.")
     return "The numbers: " + (" ".join(sentences) or "nothing has been logged yet.")
 
 
@@ -502,7 +622,18 @@ def _share(fraction: float) -> str:
 
 def _movement(drop: float) -> str:
     """A relative drop in words: 0.05 -> 'fell 5.0%', -0.02 -> 'rose 2.0%'."""
-    return f"fell {_share(drop)}" if drop >= 0 else f"rose {_share(-drop)}"
+    if abs(drop) < 0.0005:
+        return "stayed level"
+    return f"fell {_share(drop)}" if drop > 0 else f"rose {_share(-drop)}"
+
+
+def _movement_nats(fall: float) -> str:
+    """A fall in nats in words: 0.31 -> 'fell 0.310', -0.05 -> 'rose 0.050'."""
+    return f"fell {fall:.3f}" if fall >= 0 else f"rose {-fall:.3f}"
+
+
+def _lr(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2e}"
 
 
 def _number(value: float | None) -> str:
