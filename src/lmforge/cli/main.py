@@ -23,11 +23,12 @@ def cmd_train(args: argparse.Namespace, overrides: list[str]) -> int:
     from ..config.run import load_run_config, preset_raw, render_config
     from ..train.pretrain import run_pretraining
 
-    path, base = _config_source(args.config, preset_raw)
+    # With no config at all, `lmforge train` is the built-in demo (presets/demo.yaml).
+    path, base = _config_source(args.config or "demo", preset_raw)
     cfg = load_run_config(path, overrides, base=base)
     config_yaml = render_config(cfg, "Resolved config of this run.")
     result = run_pretraining(cfg.model, cfg.data, cfg.train, cfg.ingest, config_yaml)
-    _print_summary(result)
+    _print_summary(result, cfg.train.sample_prompt)
     if result.stop_reason.startswith("diverged"):
         return EXIT_FAILED
     return EXIT_INTERRUPTED if result.stop_reason.startswith("interrupted") else 0
@@ -42,7 +43,7 @@ def _config_source(arg: str | None, preset_raw) -> tuple[Path | None, dict | Non
     return None, preset_raw(arg)
 
 
-def _print_summary(result) -> None:
+def _print_summary(result, prompt: str) -> None:
     from ..generate.engine import generate_text
     from ..tokenizer import load_tokenizer
     from ..train.checkpoint import load_model_from_checkpoint
@@ -57,7 +58,7 @@ def _print_summary(result) -> None:
     if ckpt_dir.is_dir():
         model, tokenizer = load_model_from_checkpoint(ckpt_dir), load_tokenizer(ckpt_dir)
         print(f"\n--- a sample from {ckpt_dir} ---")
-        print(generate_text(model, tokenizer, "", max_new_tokens=200, temperature=0.8, top_k=50, seed=0))
+        print(prompt + generate_text(model, tokenizer, prompt, max_new_tokens=200, temperature=0.7, top_k=50, seed=0))
         print("---")
     print(f"\nrun directory: {result.run_dir}  (training_metrics.json, training_curve.png, "
           f"loss_by_epoch.png, samples.jsonl, best/, last/)")
