@@ -23,6 +23,7 @@ from lmforge.data.corpus import source_list
 from lmforge.ingest.config import IngestConfig
 from lmforge.ingest.pipeline import DOCUMENTS_FILE, ingest
 from lmforge.ingest.walk import iter_paths
+from lmforge.utils.files import file_sha1
 from lmforge.data.shards import SPLITS, TokenFileWriter, is_prepared, split_path, token_dtype, write_meta
 from lmforge.tokenizer import Tokenizer, build_tokenizer
 
@@ -235,18 +236,10 @@ def dataset_key(sources: Sequence[Path], settings: dict) -> str:
     for source in sources:
         for path in iter_paths(source):
             key.update(_relative_name(path, source).encode())
-            key.update(_file_sha1(path))
+            key.update(file_sha1(path).encode())
     return key.hexdigest()[:16]
 
 
 def _relative_name(path: Path, source: Path) -> str:
     # A file named directly counts by its name, so the key does not depend on where the corpus lives.
     return path.name if path == source else path.relative_to(source).as_posix()
-
-
-def _file_sha1(path: Path) -> bytes:
-    digest = hashlib.sha1()
-    with open(path, "rb") as file:
-        for chunk in iter(lambda: file.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.digest()

@@ -26,6 +26,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from ..utils.files import file_sha1
 from .boilerplate import BoilerplateFinder
 from .clean import PROSE_FORMATS, CleanStats, clean_record, normalize_text
 from .config import IngestConfig
@@ -66,14 +67,6 @@ def _cache_key(data_hash: str, fmt: str, options: ReaderOptions) -> str:
     return hashlib.sha1(f"{data_hash}:{settings}".encode()).hexdigest()
 
 
-def _file_sha1(path: Path) -> str:
-    digest = hashlib.sha1()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def read_item(item: WorkItem, options: ReaderOptions, cache_dir: Path) -> FileResult:
     """Read one file into its cache file of records; never raises."""
     start = time.perf_counter()
@@ -86,7 +79,7 @@ def read_item(item: WorkItem, options: ReaderOptions, cache_dir: Path) -> FileRe
             raise SkipFile("binary file of no supported format")
         if result.bytes == 0:
             raise SkipFile("empty file")
-        cache_path = cache_dir / f"{_cache_key(_file_sha1(item.path), result.format, options)}.jsonl"
+        cache_path = cache_dir / f"{_cache_key(file_sha1(item.path), result.format, options)}.jsonl"
         result.cache_path = str(cache_path)
         problems_path = cache_path.with_suffix(".problems.json")
         if cache_path.is_file():
