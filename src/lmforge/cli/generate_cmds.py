@@ -1,50 +1,185 @@
-"""CLI verbs that run a trained model: generate (and, later, chat and serve)."""
+"""CLI verbs that run a trained model: generate (continue a prompt), chat (talk to it), serve (an HTTP API).
+
+    lmforge generate CKPT --prompt TEXT [--json] [sampling flags]
+    lmforge chat CKPT [--system TEXT --template chatml|plain] [sampling flags]
+    lmforge serve CKPT [--host 127.0.0.1 --port 8000 --model-name NAME]
+
+Heavy imports (torch, FastAPI) happen inside the verbs, so `lmforge --help` stays fast.
+"""
 
 from __future__ import annotations
 
 import argparse
+import ipaddress
+import json
 import sys
+from dataclasses import replace
+from pathlib import Path
+
+from ..generate.chat import TEMPLATES, ChatTemplate, load_chat_template
+from ..generate.params import SamplingParams
 
 
-def cmd_generate(args: argparse.Namespace, overrides: list[str]) -> int:
-    import torch
+def _reject_unknown(overrides: list[str]) -> None:
+    if overrides:
+        raise ValueError(f"unrecognised arguments: {' '.join(overrides)}")
 
-    from ..generate.engine import generate_ids
+
+def _load_engine(checkpoint: str):
+    from ..generate.engine import Engine
     from ..tokenizer import load_tokenizer
     from ..train.checkpoint import load_model_from_checkpoint
 
-    if overrides:
-        raise ValueError(f"unrecognised arguments: {' '.join(overrides)}")
-    model, tokenizer = load_model_from_checkpoint(args.checkpoint), load_tokenizer(args.checkpoint)
-    prompt_ids = tokenizer.encode(args.prompt) if args.prompt else [tokenizer.eot_id]
+    return Engine(load_model_from_checkpoint(checkpoint), load_tokenizer(checkpoint))
+
+
+def _sampling_params(args: argparse.Namespace) -> SamplingParams:
+    params = SamplingParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+                            top_p=args.top_p, min_p=args.min_p, repetition_penalty=args.repetition_penalty,
+                            seed=args.seed, stop=args.stop)
+    params.validate()  # a bad flag is reported before the model is loaded
+    return params
+
+
+def _sample_params(params: SamplingParams, i: int) -> SamplingParams:
+    """Sample i uses seed + i: different samples, and the same ones again on a rerun."""
+    return params if params.seed is None else replace(params, seed=params.seed + i)
+
+
+def _chat_template(args: argparse.Namespace) -> ChatTemplate:
+    return TEMPLATES[args.template] if args.template else load_chat_template(args.checkpoint)
+
+
+def _write(text: str) -> None:
+    sys.stdout.write(text)
+    sys.stdout.flush()  # show each piece as soon as it is generated
+
+
+def cmd_generate(args: argparse.Namespace, overrides: list[str]) -> int:
+    _reject_unknown(overrides)
+    prompt = Path(args.prompt_file).read_text(encoding="utf-8") if args.prompt_file else args.prompt
+    params = _sampling_params(args)
+    engine = _load_engine(args.checkpoint)
     for i in range(args.num_samples):
-        generator = torch.Generator().manual_seed(args.seed + i) if args.seed is not None else None
+        sample_params = _sample_params(params, i)
+        if args.json:
+            completion = engine.generate([prompt], sample_params)[0]
+            print(json.dumps({"prompt": prompt, "text": completion.text, "finish_reason": completion.finish_reason,
+                              "prompt_tokens": completion.prompt_tokens,
+                              "completion_tokens": len(completion.token_ids)}, ensure_ascii=False))
+            continue
         if args.num_samples > 1:
             print(f"--- sample {i + 1} ---")
-        sys.stdout.write(args.prompt)
-        new_ids: list[int] = []
-        printed = ""
-        for token in generate_ids(model, prompt_ids, args.max_new_tokens, args.temperature, args.top_k,
-                                  args.top_p, stop_ids=(tokenizer.eot_id,), generator=generator):
-            new_ids.append(token)
-            text = tokenizer.decode(new_ids)  # decode the whole tail: one token can be part of a character
-            sys.stdout.write(text[len(printed):])
-            sys.stdout.flush()
-            printed = text
-        sys.stdout.write("\n")
+        _write(prompt)
+        for piece in engine.stream(prompt, sample_params):
+            _write(piece)
+        _write("\n")
     return 0
 
+
+def cmd_chat(args: argparse.Namespace, overrides: list[str]) -> int:
+    from ..generate.chat import ChatSession
+
+    _reject_unknown(overrides)
+    params = _sampling_params(args)
+    session = ChatSession(_load_engine(args.checkpoint), _chat_template(args), params, system=args.system)
+    print(f"chatting with {args.checkpoint} ({session.template.name} template). "
+          "/reset forgets the conversation, /exit or Ctrl-D quits.")
+    while True:
+        try:
+            line = input(">>> ")
+        except EOFError:
+            print()
+            return 0
+        command = line.strip()
+        if command == "/exit":
+            return 0
+        if command == "/reset":
+            session.reset()
+            print("(conversation forgotten)")
+        elif command:
+            _stream_reply(session, line)
+
+
+def _stream_reply(session, user_text: str) -> None:
+    try:
+        for piece in session.reply(user_text):
+            _write(piece)
+    except KeyboardInterrupt:  # Ctrl-C cuts this reply short; Ctrl-C at the prompt quits
+        _write(" [interrupted]")
+    _write("\n")
+
+
+def is_loopback(host: str) -> bool:
+    """True for addresses only this machine can reach (127.0.0.1, ::1, localhost)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: it may well be reachable from other machines
+        return False
+
+
+def cmd_serve(args: argparse.Namespace, overrides: list[str]) -> int:
+    _reject_unknown(overrides)
+    try:
+        import uvicorn
+
+        from ..generate.server import create_app
+    except ImportError as exc:
+        raise ValueError(f"serving needs FastAPI and uvicorn ({exc.name} is missing): "
+                         "pip install 'lmforge[serve]'") from exc
+    name = args.model_name or "/".join(Path(args.checkpoint).resolve().parts[-2:])  # e.g. my_run/best
+    app = create_app(_load_engine(args.checkpoint), name, _chat_template(args))
+    if not is_loopback(args.host):
+        print(f"WARNING: binding {args.host} lets other machines use this server; it has no authentication.",
+              file=sys.stderr)
+    print(f"serving model {name!r} at http://{args.host}:{args.port}/v1 (OpenAI API); Ctrl-C stops", flush=True)
+    uvicorn.run(app, host=args.host, port=args.port)
+    return 0
+
+
+def _add_sampling_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--max-new-tokens", type=int, default=200)
+    p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy (always the most likely token)")
+    p.add_argument("--top-k", type=int, default=0, help="sample among the k most likely tokens (0 = all)")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (1.0 = off)")
+    p.add_argument("--min-p", type=float, default=0.0,
+                   help="drop tokens less likely than this fraction of the top token's probability (0 = off)")
+    p.add_argument("--repetition-penalty", type=float, default=1.0, help="> 1 discourages repeating tokens (1 = off)")
+    p.add_argument("--seed", type=int, default=None, help="make sampling reproducible")
+    p.add_argument("--stop", action="append", default=[], help="stop when this text appears (repeatable)")
+
+
+def _add_template_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--template", choices=sorted(TEMPLATES),
+                   help="chat format (default: the checkpoint's chat_template.json, else chatml)")
 
 
 def register(sub) -> None:
     """Add this module's verbs to the `lmforge` sub-command parser."""
     p = sub.add_parser("generate", help="continue a prompt with a trained checkpoint")
     p.add_argument("checkpoint", help="a checkpoint folder, e.g. checkpoints/best")
-    p.add_argument("--prompt", default="", help="text to continue ('' = start a new document)")
-    p.add_argument("--max-new-tokens", type=int, default=200)
-    p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy (always the most likely token)")
-    p.add_argument("--top-k", type=int, default=0, help="sample among the k most likely tokens (0 = all)")
-    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (1.0 = off)")
-    p.add_argument("--seed", type=int, default=None)
+    prompt = p.add_mutually_exclusive_group()
+    prompt.add_argument("--prompt", default="", help="text to continue ('' = start a new document)")
+    prompt.add_argument("--prompt-file", help="read the prompt from this file")
+    _add_sampling_flags(p)
     p.add_argument("--num-samples", type=int, default=1)
+    p.add_argument("--json", action="store_true",
+                   help="print one JSON object per sample (prompt, text, finish_reason, token counts)")
     p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("chat", help="talk to a checkpoint in the terminal")
+    p.add_argument("checkpoint", help="a checkpoint folder, e.g. checkpoints/best")
+    p.add_argument("--system", help="a system message that starts the conversation")
+    _add_template_flag(p)
+    _add_sampling_flags(p)
+    p.set_defaults(func=cmd_chat)
+
+    p = sub.add_parser("serve", help="serve a checkpoint over HTTP with the OpenAI API")
+    p.add_argument("checkpoint", help="a checkpoint folder, e.g. checkpoints/best")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: this machine only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--model-name", help="the name clients ask for (default: RUN_DIR/CHECKPOINT)")
+    _add_template_flag(p)
+    p.set_defaults(func=cmd_serve)

@@ -4,7 +4,9 @@
     lmforge ingest SRC... --out DIR [--workers N --text-field F --no-ocr --pii --ingest.clean.KEY=VALUE]
     lmforge prepare SRC... --out DIR [--tokenizer bpe] [--vocab-size 4096] [--val-fraction 0.1] [ingest flags]
     lmforge init [PRESET] > run.yaml
-    lmforge generate CKPT --prompt TEXT [--max-new-tokens N --temperature T --top-k K --top-p P --seed S]
+    lmforge generate CKPT --prompt TEXT [--max-new-tokens N --temperature T --top-k K --top-p P --seed S --json]
+    lmforge chat CKPT                 lmforge serve CKPT [--host 127.0.0.1 --port 8000]
+    lmforge eval CKPT --data DIR|FILES [--json]
     lmforge report RUN_DIR
 """
 
@@ -14,7 +16,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from . import generate_cmds
+from . import eval_cmd, generate_cmds
 
 EXIT_USAGE, EXIT_FAILED, EXIT_INTERRUPTED = 2, 1, 130
 
@@ -166,6 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_init)
 
     generate_cmds.register(sub)
+    eval_cmd.register(sub)
 
     p = sub.add_parser("report", help="re-plot a run's curves and explain them in words")
     p.add_argument("run_dir", help="the run directory (train.out_dir)")

@@ -1,95 +1,251 @@
-"""Autoregressive generation: feed the context, pick a token, append it, repeat.
+"""Autoregressive generation with a KV cache: read the prompt once, then feed one token per step.
 
-`Engine` is the interface the CLI, chat and server use. This first version re-runs the model on the
-whole (cropped) context every step; the KV-cached version keeps the same interface.
+Token level (`generate_tokens`):
+* batch: prompts of different lengths are padded on the left, so all rows end at the same column and
+  each new token is appended to every row at once. Positions count from each row's first real token
+  and the attention mask hides the padding, so a row gets the same tokens as it would alone;
+* prefill: one forward pass over the prompts fills the KV cache and gives the first next-token logits;
+* decode: every step feeds only the newest token; attention reads the earlier ones from the cache;
+* slide: positions only go up to block_size - 1, so when the cache is full we keep the last
+  block_size // 2 tokens and prefill them again from position 0. Shifting the cache instead would
+  not do: its keys and values were computed at the old positions (learned or rotary alike).
+  A batch slides all its rows together, when the longest fills the window.
+Text level (`TextStream`, `Engine`): token ids -> text pieces, stop strings, end-of-text.
+Shapes: B = batch, S = tokens the model sees (the window), N = all tokens so far, V = vocab_size.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator
+from contextlib import closing
 
 import torch
 
+from ..model.gpt import GPT
+from ..model.kv_cache import KVCache, make_caches
+from ..tokenizer.base import Tokenizer
 from .params import Completion, SamplingParams
 from .sampling import sample_next
 
+# ---- token level ------------------------------------------------------------------------------------
+
+
+def fit_prompt(ids: list[int], block_size: int) -> list[int]:
+    """The prompt's last block_size tokens, with a warning when that drops some."""
+    if len(ids) <= block_size:
+        return ids
+    warnings.warn(f"prompt of {len(ids)} tokens is longer than the context ({block_size} tokens); "
+                  f"keeping its last {block_size}", stacklevel=2)
+    return ids[-block_size:]
+
+
+def kept_after_slide(block_size: int) -> int:
+    """How many of the most recent tokens stay in view when the context window is full."""
+    return max(1, block_size // 2)
+
+
+def left_pad(prompts: list[list[int]], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Prompts as one batch padded on the left: token ids (B, S), and is_real (B, S), False on padding."""
+    width = max(len(ids) for ids in prompts)
+    tokens = torch.zeros(len(prompts), width, dtype=torch.long)  # padding id 0: masked, so any id would do
+    is_real = torch.zeros(len(prompts), width, dtype=torch.bool)
+    for row, ids in enumerate(prompts):
+        tokens[row, width - len(ids):] = torch.tensor(ids, dtype=torch.long)
+        is_real[row, width - len(ids):] = True
+    return tokens.to(device), is_real.to(device)
+
 
 @torch.no_grad()
-def generate_ids(model, prompt_ids: list[int], max_new_tokens: int, temperature: float = 1.0,
-                 top_k: int = 0, top_p: float = 1.0, stop_ids: tuple[int, ...] = (),
-                 generator: torch.Generator | None = None) -> Iterator[int]:
-    """Yield new token ids one at a time (stops early at a token in stop_ids, which is not yielded)."""
+def generate_tokens(model: GPT, prompts: list[list[int]], params: SamplingParams,
+                    generators: list[torch.Generator | None] | None = None) -> Iterator[list[int]]:
+    """Yield the next token of every prompt, step after step, for params.max_new_tokens steps.
+
+    The batch moves in lockstep, so rows never stop on their own: the caller ignores the rows it
+    considers finished and leaves the loop when none is left. Every prompt must hold 1..block_size
+    tokens (see fit_prompt). generators[i] draws row i's tokens (None: torch's global generator).
+    """
+    if not all(prompts):
+        raise ValueError("every prompt needs at least one token")
+    if params.max_new_tokens == 0:
+        return
+    generators = generators or [None] * len(prompts)
+    weights = next(model.parameters())
+    tokens, is_real = left_pad(prompts, weights.device)  # (B, N): every token so far
+    # The prompt and all new tokens but the last go through the model; room for more is never needed.
+    capacity = min(model.config.block_size, tokens.size(1) + params.max_new_tokens - 1)
+    caches = make_caches(model.config, len(prompts), capacity, weights.dtype, weights.device)
+    start = 0  # the window, what the model sees, is tokens[:, start:]
     was_training = model.training
     model.eval()
-    device = next(model.parameters()).device
-    block_size = model.config.block_size
-    ids = torch.tensor([prompt_ids], dtype=torch.long, device=device)
     try:
-        for _ in range(max_new_tokens):
-            logits = model(ids[:, -block_size:])[:, -1, :]  # only the last position predicts the next token
-            next_id = sample_next(logits, temperature, top_k, top_p, generator)
-            token = int(next_id.item())
-            if token in stop_ids:
+        logits = _forward(model, tokens, is_real, caches, n_new=tokens.size(1))  # prefill
+        for step in range(params.max_new_tokens):
+            next_ids = _sample_rows(logits, params, generators, tokens, is_real)  # (B,)
+            yield next_ids.tolist()
+            if step == params.max_new_tokens - 1:
                 return
-            yield token
-            ids = torch.cat([ids, next_id.view(1, 1)], dim=1)
+            tokens = torch.cat([tokens, next_ids[:, None]], dim=1)  # (B, N + 1)
+            is_real = torch.cat([is_real, torch.ones_like(is_real[:, :1])], dim=1)
+            n_new = 1
+            if caches[0].is_full:  # slide: prefill the most recent tokens again, from position 0
+                n_new = kept_after_slide(model.config.block_size)
+                start = tokens.size(1) - n_new
+                for cache in caches:
+                    cache.clear()
+            logits = _forward(model, tokens[:, start:], is_real[:, start:], caches, n_new)
     finally:
         model.train(was_training)
 
 
-def generate_text(model, tokenizer, prompt: str, max_new_tokens: int = 200, temperature: float = 0.8,
-                  top_k: int = 0, top_p: float = 1.0, seed: int | None = None) -> str:
-    """Generate a continuation of `prompt` (text in, text out); stops at end-of-text."""
-    params = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
-                            seed=seed)
-    return Engine(model, tokenizer).generate([prompt], params)[0].text
+def _forward(model: GPT, window: torch.Tensor, is_real: torch.Tensor, caches: list[KVCache],
+             n_new: int) -> torch.Tensor:
+    """Feed the window's last n_new tokens (the earlier ones are in the caches); next-token logits (B, V)."""
+    # Padding gets position 0; a row's real tokens count 0, 1, 2, ... from its first one.
+    positions = (is_real.cumsum(dim=-1) - 1).clamp(min=0)  # (B, S)
+    return model(window[:, -n_new:], positions[:, -n_new:], caches, attn_mask=is_real)[:, -1]
 
 
-class Engine:
-    """Text in, text out, for one model and its tokenizer."""
+def _sample_rows(logits: torch.Tensor, params: SamplingParams, generators: list[torch.Generator | None],
+                 tokens: torch.Tensor, is_real: torch.Tensor) -> torch.Tensor:
+    """One token per row (B,), drawn with the row's own generator and penalising the row's own tokens."""
+    return torch.stack([sample_next(logits[row], params, generator, context=tokens[row][is_real[row]])
+                        for row, generator in enumerate(generators)])
 
-    def __init__(self, model, tokenizer):
-        self.model, self.tokenizer = model, tokenizer
 
-    def _prompt_ids(self, prompt: str) -> list[int]:
-        return self.tokenizer.encode(prompt) if prompt else [self.tokenizer.eot_id]
+# ---- text level -------------------------------------------------------------------------------------
 
-    def stream(self, prompt: str, params: SamplingParams) -> Iterator[str]:
-        """Pieces of generated text as they are produced (a piece may be empty while a character is incomplete)."""
-        for piece, _ in self._stream_with_ids(prompt, params):
-            yield piece
 
-    def _stream_with_ids(self, prompt: str, params: SamplingParams) -> Iterator[tuple[str, list[int]]]:
-        params.validate()
-        device = next(self.model.parameters()).device
-        generator = torch.Generator(device=device).manual_seed(params.seed) if params.seed is not None else None
-        new_ids: list[int] = []
-        emitted = ""
-        for token in generate_ids(self.model, self._prompt_ids(prompt), params.max_new_tokens, params.temperature,
-                                  params.top_k, params.top_p, stop_ids=(self.tokenizer.eot_id,),
-                                  generator=generator):
-            new_ids.append(token)
-            text = self.tokenizer.decode(new_ids)  # decode the whole tail: one token can be half a character
-            cut = _first_stop(text, params.stop)
-            if cut is not None:
-                yield text[len(emitted):cut], new_ids
-                return
-            yield text[len(emitted):], new_ids
-            emitted = text
+class TextStream:
+    """Turns one sequence's new token ids into text pieces as they arrive.
 
-    def generate(self, prompts: list[str], params: SamplingParams) -> list[Completion]:
-        completions = []
-        for prompt in prompts:
-            text, ids = "", []
-            for piece, ids in self._stream_with_ids(prompt, params):
-                text += piece
-            stopped = len(ids) < params.max_new_tokens or _first_stop(self.tokenizer.decode(ids), params.stop) is not None
-            completions.append(Completion(text=text, token_ids=list(ids), prompt_tokens=len(self._prompt_ids(prompt)),
-                                          finish_reason="stop" if stopped else "length"))
-        return completions
+    Two things wait until they are settled:
+    * a character whose bytes are split over several tokens: until it is whole, decoding ends in
+      U+FFFD (the replacement character), so a text ending in U+FFFD is held back;
+    * an ending that could be the start of a stop string: released once it cannot be one any more,
+      cut (with the stop string and all after it) if the stop string completes.
+    """
+
+    def __init__(self, tokenizer: Tokenizer, stop: list[str]):
+        self.tokenizer = tokenizer
+        self.stop = [s for s in stop if s]
+        self.token_ids: list[int] = []
+        self.text = ""  # everything handed out so far
+        self.finish_reason: str | None = None  # "stop" or "length" once finished
+        # token_ids[:_decoded] are text already. We decode from _context, one step further back, because
+        # some tokenizers decode a token differently at the start of a text (e.g. drop its leading space).
+        self._context = 0
+        self._decoded = 0
+        self._held = ""  # decoded but not handed out: it might be the start of a stop string
+
+    def push(self, token_id: int) -> str:
+        """Take one generated token; return the text now safe to show (often "")."""
+        self.token_ids.append(token_id)
+        return self._release(self._decode_new(final=False), final=False)
+
+    def finish(self, reason: str) -> str:
+        """End the sequence ("stop" at end-of-text, "length" out of tokens); return the text still held."""
+        piece = self._release(self._decode_new(final=True), final=True)
+        self.finish_reason = self.finish_reason or reason
+        return piece
+
+    def _decode_new(self, final: bool) -> str:
+        """Text of the tokens not decoded yet; "" while they end inside a character, unless final."""
+        known = self.tokenizer.decode(self.token_ids[self._context:self._decoded])
+        text = self.tokenizer.decode(self.token_ids[self._context:])
+        if text.endswith("\ufffd") and not final:
+            return ""
+        self._context, self._decoded = self._decoded, len(self.token_ids)
+        return text[len(known):]
+
+    def _release(self, text: str, final: bool) -> str:
+        """Add decoded text; return the part of the held text that can no longer become a stop string."""
+        self._held += text
+        cut = _first_stop(self._held, self.stop)
+        if cut is not None:
+            self.finish_reason = "stop"
+            piece, self._held = self._held[:cut], ""
+        else:
+            keep = len(self._held) - (0 if final else _partial_stop_length(self._held, self.stop))
+            piece, self._held = self._held[:keep], self._held[keep:]
+        self.text += piece
+        return piece
 
 
 def _first_stop(text: str, stops: list[str]) -> int | None:
     """Index where the earliest stop string starts in text, or None."""
-    found = [i for i in (text.find(s) for s in stops if s) if i != -1]
+    found = [i for i in (text.find(s) for s in stops) if i != -1]
     return min(found) if found else None
+
+
+def _partial_stop_length(text: str, stops: list[str]) -> int:
+    """Length of the longest ending of text that is the beginning of a stop string (0 if none)."""
+    return max((n for s in stops for n in range(1, min(len(s), len(text) + 1)) if text.endswith(s[:n])), default=0)
+
+
+class Engine:
+    """Text in, text out, for one model and its tokenizer.
+
+    generate() runs up to max_batch_size prompts as one batch; each batch keeps a KV cache of
+    n_layer x 2 x batch x n_kv_head x block_size x head_dim numbers.
+    """
+
+    def __init__(self, model: GPT, tokenizer: Tokenizer, max_batch_size: int = 16):
+        self.model, self.tokenizer, self.max_batch_size = model, tokenizer, max_batch_size
+
+    def stream(self, prompt: str, params: SamplingParams) -> Iterator[str]:
+        """Pieces of generated text as they are produced (never empty, never half a character)."""
+        params.validate()
+        stream = TextStream(self.tokenizer, params.stop)
+        for _, piece in self._run([self._prompt_ids(prompt)], [stream], params):
+            yield piece
+
+    def generate(self, prompts: list[str], params: SamplingParams) -> list[Completion]:
+        """One completion per prompt, in order."""
+        params.validate()
+        completions = []
+        for first in range(0, len(prompts), self.max_batch_size):
+            batch = [self._prompt_ids(prompt) for prompt in prompts[first:first + self.max_batch_size]]
+            streams = [TextStream(self.tokenizer, params.stop) for _ in batch]
+            for _ in self._run(batch, streams, params):
+                pass  # the streams collect the text
+            completions += [Completion(text=s.text, token_ids=s.token_ids, prompt_tokens=len(ids),
+                                       finish_reason=s.finish_reason) for s, ids in zip(streams, batch)]
+        return completions
+
+    def _prompt_ids(self, prompt: str) -> list[int]:
+        ids = self.tokenizer.encode(prompt) if prompt else [self.tokenizer.eot_id]
+        return fit_prompt(ids, self.model.config.block_size)
+
+    def _run(self, prompts: list[list[int]], streams: list[TextStream],
+             params: SamplingParams) -> Iterator[tuple[int, str]]:
+        """Generate for a batch; yield (row, text piece) as text appears. Every stream ends finished."""
+        generators = [self._generator(params.seed) for _ in prompts]
+        with closing(generate_tokens(self.model, prompts, params, generators)) as steps:
+            for tokens in steps:
+                for row, (stream, token) in enumerate(zip(streams, tokens)):
+                    if stream.finish_reason is None:
+                        piece = stream.finish("stop") if token == self.tokenizer.eot_id else stream.push(token)
+                        if piece:
+                            yield row, piece
+                if all(stream.finish_reason for stream in streams):
+                    return
+        for row, stream in enumerate(streams):  # max_new_tokens reached
+            if stream.finish_reason is None:
+                piece = stream.finish("length")
+                if piece:
+                    yield row, piece
+
+    def _generator(self, seed: int | None) -> torch.Generator | None:
+        """A generator per request: the same seed gives the same text, whatever else is in the batch."""
+        if seed is None:
+            return None
+        return torch.Generator(device=next(self.model.parameters()).device).manual_seed(seed)
+
+
+def generate_text(model: GPT, tokenizer: Tokenizer, prompt: str, max_new_tokens: int = 200,
+                  temperature: float = 0.8, top_k: int = 0, top_p: float = 1.0, seed: int | None = None) -> str:
+    """Generate a continuation of `prompt` (text in, text out); stops at end-of-text."""
+    params = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+                            seed=seed)
+    return Engine(model, tokenizer).generate([prompt], params)[0].text

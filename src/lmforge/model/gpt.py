@@ -11,8 +11,9 @@ import math
 import torch
 import torch.nn as nn
 
-from .attention import CausalSelfAttention
+from .attention import CausalSelfAttention, attention_mask
 from .config import ModelConfig
+from .kv_cache import KVCache
 from .layers import make_mlp, make_norm, rope_tables
 
 
@@ -26,8 +27,9 @@ class Block(nn.Module):
         self.mlp_norm = make_norm(cfg)
         self.mlp = make_mlp(cfg)
 
-    def forward(self, x: torch.Tensor, rope=None) -> torch.Tensor:
-        x = x + self.attn(self.attn_norm(x), rope)
+    def forward(self, x: torch.Tensor, rope=None, cache: KVCache | None = None,
+                mask: torch.Tensor | None = None) -> torch.Tensor:
+        x = x + self.attn(self.attn_norm(x), rope, cache, mask)
         return x + self.mlp(self.mlp_norm(x))
 
 
@@ -76,18 +78,38 @@ class GPT(nn.Module):
             n -= sum(t.weight.numel() for t in tables if t is not None)
         return n
 
-    def forward(self, idx: torch.Tensor) -> torch.Tensor:
-        """Token ids (B, T) -> logits (B, T, V)."""
+    def forward(self, idx: torch.Tensor, positions: torch.Tensor | None = None,
+                cache: list[KVCache] | None = None, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Token ids (B, T) -> logits (B, T, V).
+
+        Training passes only idx. Generation may also pass:
+          positions: (B, T) position of each token; default: the T positions after what the cache holds.
+            Left-padded rows start later, so their positions differ from the column index.
+          cache: one KVCache per block (model.kv_cache.make_caches); the new keys/values are appended.
+          attn_mask: (B, S) True for real tokens, False for padding, over all S = cached + T positions.
+        """
         B, T = idx.shape
-        if T > self.config.block_size:
-            raise ValueError(f"sequence of {T} tokens is longer than block_size {self.config.block_size}")
+        past = cache[0].length if cache is not None else 0
+        if past + T > self.config.block_size:
+            raise ValueError(f"sequence of {past + T} tokens is longer than block_size {self.config.block_size}")
         x = self.tok_emb(idx)  # (B, T, C)
         rope = None
         if self.pos_emb is not None:
-            x = x + self.pos_emb(torch.arange(T, device=idx.device))
+            if positions is None:
+                positions = torch.arange(past, past + T, device=idx.device)  # (T,): the same for every row
+            x = x + self.pos_emb(positions)
         else:
-            rope = (self.rope_cos[:T], self.rope_sin[:T])
+            rope = self._rope_angles(positions, past, T)
+        # Training (no cache, no padding) lets attention use its built-in causal mask: no extra work.
+        mask = None if cache is None and attn_mask is None else attention_mask(T, past + T, attn_mask, idx.device)
         x = self.drop(x)
-        for block in self.blocks:
-            x = block(x, rope)
+        for i, block in enumerate(self.blocks):
+            x = block(x, rope, cache[i] if cache is not None else None, mask)
         return self.lm_head(self.final_norm(x))
+
+    def _rope_angles(self, positions: torch.Tensor | None, past: int, T: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos and sin of each token's rotation: (T, D) shared by all rows, or (B, 1, T, D) per row."""
+        if positions is None:
+            return self.rope_cos[past:past + T], self.rope_sin[past:past + T]
+        # Gather one row of angles per token, then add a heads axis so they broadcast over (B, H, T, D).
+        return self.rope_cos[positions].unsqueeze(1), self.rope_sin[positions].unsqueeze(1)

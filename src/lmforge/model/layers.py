@@ -76,7 +76,11 @@ def rope_tables(head_dim: int, max_len: int, theta: float) -> tuple[torch.Tensor
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate x of shape (B, H, T, D) by the angles of its positions; cos/sin are (T, D)."""
+    """Rotate x of shape (B, H, T, D) by the angles of its positions.
+
+    cos/sin are (T, D) when every row has the same positions (training), or (B, 1, T, D) when each row
+    has its own (a left-padded generation batch).
+    """
     half = x.size(-1) // 2
     rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
     return (x * cos + rotated * sin).to(x.dtype)

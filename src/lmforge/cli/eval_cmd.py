@@ -1,0 +1,64 @@
+"""The `lmforge eval` verb: loss, perplexity and next-token accuracy of a checkpoint on held-out text.
+
+    lmforge eval CKPT --data DIR|FILES... [--split val|train|all] [--batch-size 8] [--max-batches N] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+
+def cmd_eval(args: argparse.Namespace, overrides: list[str]) -> int:
+    from tqdm import tqdm
+
+    from ..data.config import DataConfig
+    from ..eval.perplexity import evaluate, heldout_batches, heldout_dataset
+    from ..train.checkpoint import load_model_from_checkpoint
+    from ..utils.device import resolve_device
+
+    if overrides:
+        raise ValueError(f"unrecognised arguments: {' '.join(overrides)}")
+    if args.batch_size < 1 or (args.max_batches is not None and args.max_batches < 1):
+        raise ValueError("--batch-size and --max-batches must be at least 1")
+    device = resolve_device(args.device)
+    model = load_model_from_checkpoint(args.checkpoint, device)
+    sources = [Path(source).expanduser() for source in args.data]
+    # Preparing raw files prints progress lines; stdout is kept for the result (one JSON object with --json).
+    with contextlib.redirect_stdout(sys.stderr):
+        data_dir, default_split = heldout_dataset(sources, args.checkpoint, DataConfig().cache_dir)
+    split = args.split or default_split
+    batches, count = heldout_batches(data_dir, split, model.config.block_size, args.batch_size, args.max_batches)
+    progress = tqdm(batches, total=count, desc="evaluating", unit="batch", file=sys.stderr)
+    result = evaluate(model, progress, device)
+    report = {"checkpoint": str(args.checkpoint), "data": str(data_dir), "split": split,
+              "block_size": model.config.block_size, **asdict(result)}
+    print(json.dumps(report) if args.json else _as_text(report))
+    return 0
+
+
+def _as_text(report: dict) -> str:
+    ppl = "n/a" if report["perplexity"] is None else f"{report['perplexity']:.2f}"
+    return (f"{report['checkpoint']} on the {report['split']} split of {report['data']} "
+            f"({report['tokens']:,} tokens, windows of {report['block_size']}):\n"
+            f"  loss {report['loss']:.4f}  perplexity {ppl}  accuracy {report['accuracy']:.2%}")
+
+
+def register(sub) -> None:
+    """Add the `eval` verb to the `lmforge` sub-command parser."""
+    p = sub.add_parser("eval", help="loss, perplexity and next-token accuracy of a checkpoint on held-out text")
+    p.add_argument("checkpoint", help="a checkpoint folder, e.g. checkpoints/best")
+    p.add_argument("--data", nargs="+", required=True, metavar="DIR|FILE",
+                   help="a prepared data folder (its tokenizer must match the checkpoint's), or raw files/folders, "
+                        "which are tokenized with the checkpoint's tokenizer")
+    p.add_argument("--split", choices=["val", "train", "all"],
+                   help="which split to score (default: val of a prepared folder; all of raw files)")
+    p.add_argument("--batch-size", type=int, default=8, help="windows per forward pass (default: 8)")
+    p.add_argument("--max-batches", type=int, default=None, help="stop after this many batches (default: all)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | mps (default: auto)")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    p.set_defaults(func=cmd_eval)

@@ -1,0 +1,339 @@
+"""An HTTP server that speaks the OpenAI API, so existing clients (the `openai` package, curl,
+chat front-ends) can use an lmforge model.
+
+    GET  /health                liveness check
+    GET  /v1/models             the one model served
+    POST /v1/completions        continue a prompt (or a list of prompts)
+    POST /v1/chat/completions   answer a conversation, rendered with the chat template
+
+With "stream": true the text arrives as server-sent events: one `data: {json}` line per piece,
+then `data: [DONE]`. Invalid requests get a 4xx answer with an OpenAI-style error body.
+
+The model is not thread-safe, so every generation runs on one worker thread, one at a time
+(`GenerationWorker`); the event loop only waits for results, so it keeps answering other requests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, replace
+from typing import Annotated, Literal
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException
+
+from .chat import ChatTemplate, render
+from .engine import Engine
+from .params import Completion, SamplingParams
+
+DEFAULT_MAX_TOKENS = 256      # when a request does not say
+MAX_TOKENS_LIMIT = 1024       # the most a request may ask for (create_app can change it)
+MAX_CHOICES = 16              # prompts x n in one request
+
+
+class ApiError(Exception):
+    """An error answered as {"error": {...}}, the shape OpenAI clients expect."""
+
+    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None,
+                 kind: str = "invalid_request_error"):
+        super().__init__(message)
+        self.status, self.message, self.param, self.code, self.kind = status, message, param, code, kind
+
+    def response(self) -> JSONResponse:
+        body = {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}
+        return JSONResponse({"error": body}, status_code=self.status)
+
+
+# ---- request bodies: the OpenAI fields lmforge supports; others (user, logprobs, ...) are ignored ----
+
+class SamplingFields(BaseModel):
+    model: str
+    max_tokens: int = DEFAULT_MAX_TOKENS
+    temperature: float = Field(1.0, ge=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    n: int = Field(1, ge=1, le=MAX_CHOICES)
+    stop: str | Annotated[list[str], Field(max_length=4)] | None = None
+    seed: int | None = None
+    stream: bool = False
+    # Not in OpenAI's API; accepted as extra body fields, as vLLM and llama.cpp do.
+    top_k: int = 0
+    min_p: float = 0.0
+    repetition_penalty: float = 1.0
+
+
+class CompletionRequest(SamplingFields):
+    prompt: str | Annotated[list[str], Field(min_length=1)]  # "" starts a new document
+
+
+class ChatMessage(BaseModel):
+    role: Literal["system", "user", "assistant"]
+    content: str
+
+
+class ChatRequest(SamplingFields):
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_completion_tokens: int | None = None  # the newer name of max_tokens in the chat API
+
+
+# ---- running the model ----
+
+class GenerationWorker:
+    """Runs engine calls on a single background thread: requests queue up and are served in turn."""
+
+    def __init__(self, engine: Engine):
+        self.engine = engine
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lmforge-generate")
+
+    async def generate(self, prompts: list[str], params: SamplingParams) -> list[Completion]:
+        return await asyncio.get_running_loop().run_in_executor(self.executor, self.engine.generate, prompts, params)
+
+    async def stream(self, prompt: str, params: SamplingParams) -> AsyncIterator[str]:
+        """Pieces of text as the worker produces them, handed over through an asyncio queue."""
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue = asyncio.Queue()
+        cancelled = threading.Event()
+        done = object()
+
+        def produce() -> None:
+            try:
+                for piece in self.engine.stream(prompt, params):
+                    if cancelled.is_set():  # the client went away: free the worker for the next request
+                        break
+                    loop.call_soon_threadsafe(queue.put_nowait, piece)
+            except Exception as exc:  # hand it to the request that asked, instead of losing it in the thread
+                loop.call_soon_threadsafe(queue.put_nowait, exc)
+            finally:
+                loop.call_soon_threadsafe(queue.put_nowait, done)
+
+        self.executor.submit(produce)
+        try:
+            while (item := await queue.get()) is not done:
+                if isinstance(item, Exception):
+                    raise item
+                yield item
+        finally:
+            cancelled.set()
+
+
+def streamed_finish_reason(engine: Engine, text: str, params: SamplingParams) -> str:
+    """ "length" when streamed text used up max_tokens, else "stop".
+
+    Engine.stream yields text only, so its tokens are counted by encoding it again; a stop string or
+    end-of-text ends the text early, leaving fewer tokens than max_tokens.
+    """
+    return "length" if len(engine.tokenizer.encode(text)) >= params.max_new_tokens else "stop"
+
+
+# ---- turning a request into engine calls ----
+
+@dataclass
+class Job:
+    """What one request asks the engine for: every prompt, sampled n times."""
+
+    prompts: list[str]
+    params: SamplingParams
+    n: int
+
+    def __post_init__(self) -> None:
+        if len(self.prompts) * self.n > MAX_CHOICES:
+            raise ApiError(400, f"prompts x n must be at most {MAX_CHOICES}, got {len(self.prompts) * self.n}",
+                           param="n")
+
+    def sample_params(self, j: int) -> SamplingParams:
+        """Sample j of each prompt uses seed + j, so that the n choices differ but stay reproducible."""
+        return self.params if self.params.seed is None else replace(self.params, seed=self.params.seed + j)
+
+    def samples(self) -> Iterator[tuple[int, str, SamplingParams]]:
+        """(choice index, prompt, params) in OpenAI's order: all n samples of prompt 0 first."""
+        for i, prompt in enumerate(self.prompts):
+            for j in range(self.n):
+                yield i * self.n + j, prompt, self.sample_params(j)
+
+
+def sampling_params(req: SamplingFields, max_tokens: int, limit: int,
+                    extra_stop: tuple[str, ...] = ()) -> SamplingParams:
+    """The engine's SamplingParams for a request (400 when a value is out of range)."""
+    if not 1 <= max_tokens <= limit:
+        raise ApiError(400, f"max_tokens must be between 1 and {limit}, got {max_tokens}", param="max_tokens")
+    stop = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
+    params = SamplingParams(max_new_tokens=max_tokens, temperature=req.temperature, top_p=req.top_p,
+                            top_k=req.top_k, min_p=req.min_p, repetition_penalty=req.repetition_penalty,
+                            seed=req.seed, stop=[*stop, *extra_stop])
+    try:
+        params.validate()  # the ranges of the non-OpenAI fields (top_k, min_p, repetition_penalty)
+    except ValueError as exc:
+        raise ApiError(400, str(exc)) from exc
+    return params
+
+
+# ---- the two response shapes ----
+
+class CompletionsApi:
+    """/v1/completions: a choice carries "text", and so does every streamed chunk."""
+
+    object = chunk_object = "text_completion"
+    id_prefix = "cmpl"
+
+    @staticmethod
+    def choice(index: int, text: str, finish_reason: str | None) -> dict:
+        return {"index": index, "text": text, "logprobs": None, "finish_reason": finish_reason}
+
+    chunk = choice
+
+    @staticmethod
+    def opening_chunk(index: int) -> dict | None:
+        return None
+
+
+class ChatApi:
+    """/v1/chat/completions: a choice carries a "message"; streamed chunks carry a "delta" of it."""
+
+    object, chunk_object = "chat.completion", "chat.completion.chunk"
+    id_prefix = "chatcmpl"
+
+    @staticmethod
+    def choice(index: int, text: str, finish_reason: str | None) -> dict:
+        return {"index": index, "message": {"role": "assistant", "content": text}, "logprobs": None,
+                "finish_reason": finish_reason}
+
+    @staticmethod
+    def chunk(index: int, text: str, finish_reason: str | None) -> dict:
+        delta = {"content": text} if text else {}  # the closing chunk has an empty delta
+        return {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+
+    @staticmethod
+    def opening_chunk(index: int) -> dict | None:
+        """Like OpenAI, say the role once, before any content."""
+        return {"index": index, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
+                "finish_reason": None}
+
+
+Api = type[CompletionsApi] | type[ChatApi]
+
+
+def response_header(api: Api, model_name: str, chunk: bool) -> dict:
+    return {"id": f"{api.id_prefix}-{uuid.uuid4().hex}", "object": api.chunk_object if chunk else api.object,
+            "created": int(time.time()), "model": model_name}
+
+
+async def complete(worker: GenerationWorker, job: Job, api: Api, model_name: str) -> dict:
+    """The whole answer at once, with token usage."""
+    choices, prompt_tokens, completion_tokens = [], 0, 0
+    for j in range(job.n):
+        for i, completion in enumerate(await worker.generate(job.prompts, job.sample_params(j))):
+            choices.append(api.choice(i * job.n + j, completion.text, completion.finish_reason))
+            completion_tokens += len(completion.token_ids)
+            prompt_tokens += completion.prompt_tokens if j == 0 else 0  # each prompt counts once, as in OpenAI
+    usage = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+             "total_tokens": prompt_tokens + completion_tokens}
+    return {**response_header(api, model_name, chunk=False), "choices": sorted(choices, key=lambda c: c["index"]),
+            "usage": usage}
+
+
+async def stream_events(worker: GenerationWorker, job: Job, api: Api, model_name: str) -> AsyncIterator[str]:
+    """The answer as server-sent events: `data: {chunk}` per piece of text, then `data: [DONE]`."""
+    header = response_header(api, model_name, chunk=True)  # every chunk of one response shares id and created
+
+    def event(choice: dict) -> str:
+        return f"data: {json.dumps({**header, 'choices': [choice]})}\n\n"
+
+    for index, prompt, params in job.samples():
+        if (opening := api.opening_chunk(index)) is not None:
+            yield event(opening)
+        text = ""
+        async for piece in worker.stream(prompt, params):
+            text += piece
+            yield event(api.chunk(index, piece, None))
+        yield event(api.chunk(index, "", streamed_finish_reason(worker.engine, text, params)))
+    yield "data: [DONE]\n\n"
+
+
+async def answer(worker: GenerationWorker, job: Job, api: Api, model_name: str, stream: bool):
+    if stream:
+        return StreamingResponse(stream_events(worker, job, api, model_name), media_type="text/event-stream")
+    return await complete(worker, job, api, model_name)
+
+
+# ---- errors ----
+
+def add_error_handlers(app: FastAPI) -> None:
+    """Every error, ours or FastAPI's, answers with OpenAI's error body."""
+
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, exc: ApiError) -> JSONResponse:
+        return exc.response()
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_body(request: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0]
+        if first["type"] == "json_invalid":
+            return ApiError(400, "the request body is not valid JSON").response()
+        where = [str(part) for part in first["loc"] if part != "body"]
+        message = f"{'.'.join(where) or 'request body'}: {first['msg']}"
+        return ApiError(400, message, param=where[0] if where else None).response()
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:  # unknown path, wrong method
+        return ApiError(exc.status_code, str(exc.detail)).response()
+
+    @app.exception_handler(Exception)
+    async def server_error(request: Request, exc: Exception) -> JSONResponse:  # a bug: still a JSON answer
+        return ApiError(500, f"internal error: {type(exc).__name__}", kind="server_error").response()
+
+
+# ---- the app ----
+
+def create_app(engine: Engine, model_name: str, template: ChatTemplate,
+               max_tokens_limit: int = MAX_TOKENS_LIMIT) -> FastAPI:
+    """An OpenAI-compatible app serving `engine` under the name `model_name`."""
+    worker = GenerationWorker(engine)
+    started = int(time.time())
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        worker.executor.shutdown(wait=False, cancel_futures=True)
+
+    app = FastAPI(title="lmforge", lifespan=lifespan)
+    add_error_handlers(app)
+
+    def check_model(name: str) -> None:
+        if name != model_name:
+            raise ApiError(404, f"The model `{name}` does not exist (this server has `{model_name}`)",
+                           param="model", code="model_not_found")
+
+    @app.get("/health")
+    async def health() -> dict:
+        return {"status": "ok"}
+
+    @app.get("/v1/models")
+    async def models() -> dict:
+        return {"object": "list", "data": [{"id": model_name, "object": "model", "created": started,
+                                            "owned_by": "lmforge"}]}
+
+    @app.post("/v1/completions")
+    async def completions(req: CompletionRequest):
+        check_model(req.model)
+        prompts = [req.prompt] if isinstance(req.prompt, str) else req.prompt
+        job = Job(prompts, sampling_params(req, req.max_tokens, max_tokens_limit), req.n)
+        return await answer(worker, job, CompletionsApi, model_name, req.stream)
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(req: ChatRequest):
+        check_model(req.model)
+        prompt = render([m.model_dump() for m in req.messages], template)
+        max_tokens = req.max_tokens if req.max_completion_tokens is None else req.max_completion_tokens
+        job = Job([prompt], sampling_params(req, max_tokens, max_tokens_limit, template.stop), req.n)
+        return await answer(worker, job, ChatApi, model_name, req.stream)
+
+    return app

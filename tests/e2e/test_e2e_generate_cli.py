@@ -1,0 +1,102 @@
+"""`lmforge generate`, `chat` and `serve` run as a user would, in a subprocess, on a tiny random checkpoint."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+import torch
+
+from lmforge.model.config import ModelConfig
+from lmforge.model.gpt import GPT
+from lmforge.tokenizer import CharTokenizer
+from lmforge.train.checkpoint import save_checkpoint
+
+pytestmark = pytest.mark.slow
+LMFORGE = [sys.executable, "-m", "lmforge"]
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    torch.manual_seed(0)
+    tokenizer = CharTokenizer.train(["<|im_start|>system user assistant\n<|im_end|> Hello, world! abcdefxyz?"])
+    model = GPT(ModelConfig(vocab_size=tokenizer.vocab_size, n_layer=1, n_head=2, n_embd=16, block_size=64))
+    return save_checkpoint(tmp_path_factory.mktemp("run"), "best", model, tokenizer, meta={})
+
+
+def lmforge(*args, stdin=None):
+    proc = subprocess.run([*LMFORGE, *map(str, args)], input=stdin, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, f"lmforge {args} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
+    return proc.stdout
+
+
+def test_generate_json_and_streamed_output_agree(checkpoint):
+    greedy = ["--prompt", "Hello", "--max-new-tokens", "12", "--temperature", "0"]
+    lines = lmforge("generate", checkpoint, *greedy, "--json", "--num-samples", "2").splitlines()
+    samples = [json.loads(line) for line in lines]
+    assert len(samples) == 2 and samples[0] == samples[1]  # greedy: every sample is the same
+    assert samples[0].keys() == {"prompt", "text", "finish_reason", "prompt_tokens", "completion_tokens"}
+    assert samples[0]["prompt_tokens"] == 5 and samples[0]["completion_tokens"] == 12
+    assert samples[0]["finish_reason"] == "length"
+    assert lmforge("generate", checkpoint, *greedy) == "Hello" + samples[0]["text"] + "\n"
+
+
+def test_generate_stops_at_a_stop_string(checkpoint, tmp_path):
+    prompt_file = tmp_path / "prompt.txt"
+    prompt_file.write_text("Hello")
+    request = ["--prompt-file", prompt_file, "--max-new-tokens", "12", "--temperature", "0", "--json"]
+    text = json.loads(lmforge("generate", checkpoint, *request))["text"]
+    stopped = json.loads(lmforge("generate", checkpoint, *request, "--stop", text[2], "--stop", "never"))
+    assert stopped["text"] == text[: text.index(text[2])]
+    assert stopped["finish_reason"] == "stop"
+
+
+def test_chat_reads_turns_from_stdin(checkpoint):
+    out = lmforge("chat", checkpoint, "--max-new-tokens", "5", "--system", "Be brief.", stdin="hello\n/reset\n/exit\n")
+    assert out.count(">>> ") == 3
+    assert "(conversation forgotten)" in out
+    assert lmforge("chat", checkpoint, "--template", "plain", stdin="hello\n").endswith(">>> \n")  # EOF ends it
+
+
+def test_serve_answers_until_interrupted(checkpoint):
+    with socket.socket() as sock:  # ask the OS for a free port
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = subprocess.Popen([*LMFORGE, "serve", checkpoint, "--port", str(port), "--model-name", "tiny"],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        url = f"http://127.0.0.1:{port}"
+        models = _wait_for(f"{url}/v1/models", server)
+        assert [m["id"] for m in models["data"]] == ["tiny"]
+        body = {"model": "tiny", "prompt": "Hello", "max_tokens": 3}
+        assert httpx.post(f"{url}/v1/completions", json=body).json()["usage"]["completion_tokens"] == 3
+    finally:
+        server.send_signal(signal.SIGINT)
+        output = server.communicate(timeout=30)[0]
+    assert server.returncode == 0
+    assert "serving model 'tiny' at http://127.0.0.1:" in output and "WARNING" not in output
+
+
+def test_serve_warns_before_binding_a_public_address(checkpoint):
+    # 192.0.2.1 is a documentation-only address (RFC 5737): not this machine's, so the bind fails harmlessly.
+    proc = subprocess.run([*LMFORGE, "serve", checkpoint, "--host", "192.0.2.1", "--port", "8000"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0
+    assert "WARNING: binding 192.0.2.1 lets other machines use this server" in proc.stderr
+
+
+def _wait_for(url: str, server: subprocess.Popen, timeout: float = 60) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert server.poll() is None, server.communicate()[0]
+        try:
+            return httpx.get(url).json()
+        except httpx.ConnectError:
+            time.sleep(0.2)
+    raise AssertionError(f"no answer from {url} within {timeout} s")

@@ -1,0 +1,196 @@
+"""The OpenAI-compatible server, driven by the real `openai` client against uvicorn on a free local port."""
+
+import socket
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import openai
+import pytest
+import torch
+import uvicorn
+
+from lmforge.generate.chat import CHATML
+from lmforge.generate.engine import Engine
+from lmforge.generate.params import SamplingParams
+from lmforge.generate.server import create_app
+from lmforge.model.config import ModelConfig
+from lmforge.model.gpt import GPT
+from lmforge.tokenizer import CharTokenizer
+
+MODEL = "tiny"
+GREEDY = dict(model=MODEL, max_tokens=12, temperature=0)
+
+
+class RecordingEngine(Engine):
+    """A real engine that notes which threads ran the model."""
+
+    def __init__(self, model, tokenizer):
+        super().__init__(model, tokenizer)
+        self.threads: set[str] = set()
+
+    def stream(self, prompt, params):
+        self.threads.add(threading.current_thread().name)
+        yield from super().stream(prompt, params)
+
+    def generate(self, prompts, params):
+        self.threads.add(threading.current_thread().name)
+        return super().generate(prompts, params)
+
+
+@pytest.fixture(scope="module")
+def engine():
+    torch.manual_seed(0)
+    tokenizer = CharTokenizer.train(["<|im_start|>system user assistant\n<|im_end|> Hello, world! abcdefxyz?"])
+    model = GPT(ModelConfig(vocab_size=tokenizer.vocab_size, n_layer=1, n_head=2, n_embd=16, block_size=64))
+    return RecordingEngine(model, tokenizer)
+
+
+@pytest.fixture(scope="module")
+def base_url(engine):
+    """uvicorn serving the app in a background thread, on a port the OS picked; stopped after the tests."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(create_app(engine, MODEL, CHATML, max_tokens_limit=64), log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    while not server.started:
+        thread.join(0.05)
+        assert thread.is_alive(), "the server did not start"
+    yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    server.should_exit = True
+    thread.join(timeout=10)
+    sock.close()
+
+
+@pytest.fixture(scope="module")
+def client(base_url):
+    return openai.OpenAI(base_url=f"{base_url}/v1", api_key="x", max_retries=0)
+
+
+def test_health_and_models(base_url, client):
+    assert httpx.get(f"{base_url}/health").json() == {"status": "ok"}
+    assert [m.id for m in client.models.list().data] == [MODEL]
+
+
+def test_completion_with_usage(client, engine):
+    out = client.completions.create(prompt="Hello", **GREEDY)
+    expected = engine.generate(["Hello"], _params(12))[0]
+    assert out.object == "text_completion" and out.model == MODEL
+    assert out.choices[0].text == expected.text
+    assert out.choices[0].finish_reason == expected.finish_reason
+    assert out.usage.prompt_tokens == 5
+    assert out.usage.completion_tokens == len(expected.token_ids)
+    assert out.usage.total_tokens == out.usage.prompt_tokens + out.usage.completion_tokens
+
+
+def test_completion_of_a_list_of_prompts_with_n(client):
+    out = client.completions.create(prompt=["Hello", "world"], n=2, seed=3, **{**GREEDY, "temperature": 1.0})
+    assert [c.index for c in out.choices] == [0, 1, 2, 3]
+    assert out.usage.prompt_tokens == 10  # each prompt counted once, not once per sample
+
+
+def test_stop_string_ends_the_text_streamed_or_not(client):
+    full = client.completions.create(prompt="Hello", **GREEDY).choices[0].text
+    stop = full[3:5]
+    out = client.completions.create(prompt="Hello", stop=[stop], **GREEDY)
+    assert out.choices[0].text == full[: full.index(stop)]
+    assert out.choices[0].finish_reason == "stop"
+    chunks = list(client.completions.create(prompt="Hello", stop=stop, stream=True, **GREEDY))
+    assert "".join(c.choices[0].text for c in chunks) == out.choices[0].text
+    assert chunks[-1].choices[0].finish_reason == "stop"
+
+
+def test_chat_completion(client, engine):
+    out = client.chat.completions.create(messages=[{"role": "user", "content": "Hi?"}], **GREEDY)
+    prompt = "<|im_start|>user\nHi?<|im_end|>\n<|im_start|>assistant\n"
+    assert out.object == "chat.completion"
+    assert out.choices[0].message.role == "assistant"
+    assert out.choices[0].message.content == engine.generate([prompt], _params(12, stop=["<|im_end|>"]))[0].text
+    assert out.usage.prompt_tokens == len(prompt)
+
+
+@pytest.mark.parametrize("endpoint", ["completions", "chat"])
+def test_streamed_chunks_join_to_the_whole_text(client, endpoint):
+    if endpoint == "chat":
+        create, request = client.chat.completions.create, dict(messages=[{"role": "user", "content": "Hello"}])
+    else:
+        create, request = client.completions.create, dict(prompt="Hello")
+    whole = create(**request, **GREEDY).choices[0]
+    chunks = list(create(**request, **GREEDY, stream=True))
+    if endpoint == "chat":
+        assert {c.object for c in chunks} == {"chat.completion.chunk"}
+        assert chunks[0].choices[0].delta.role == "assistant"
+        streamed = "".join(c.choices[0].delta.content or "" for c in chunks)
+        assert streamed == whole.message.content
+    else:
+        assert "".join(c.choices[0].text for c in chunks) == whole.text
+    assert len(chunks) > 2 and len({c.id for c in chunks}) == 1
+    assert [c.choices[0].finish_reason for c in chunks][-1] == whole.finish_reason == "length"
+    assert all(c.choices[0].finish_reason is None for c in chunks[:-1])
+
+
+def test_raw_event_stream_ends_with_done(base_url):
+    body = {**GREEDY, "prompt": "Hello", "stream": True}
+    with httpx.stream("POST", f"{base_url}/v1/completions", json=body) as response:
+        assert response.headers["content-type"].startswith("text/event-stream")
+        events = [line for line in response.iter_lines() if line]
+    assert all(e.startswith("data: ") for e in events)
+    assert events[-1] == "data: [DONE]"
+
+
+def test_unknown_model_is_404(client):
+    with pytest.raises(openai.NotFoundError) as err:
+        client.completions.create(prompt="Hello", **{**GREEDY, "model": "gpt-5"})
+    assert err.value.body["code"] == "model_not_found" and err.value.body["param"] == "model"
+
+
+@pytest.mark.parametrize("change, param", [
+    (dict(max_tokens=0), "max_tokens"),
+    (dict(max_tokens=65), "max_tokens"),
+    (dict(temperature=-1), "temperature"),
+    (dict(top_p=0), "top_p"),
+    (dict(n=0), "n"),
+])
+def test_out_of_range_values_are_400(client, change, param):
+    with pytest.raises(openai.BadRequestError) as err:
+        client.chat.completions.create(messages=[{"role": "user", "content": "Hi"}], **{**GREEDY, **change})
+    assert err.value.status_code == 400
+    assert err.value.body["param"] == param and err.value.body["type"] == "invalid_request_error"
+
+
+@pytest.mark.parametrize("content, body", [
+    ("application/json", b'{"model": "tiny", "prompt": '),                    # cut-off JSON
+    ("application/json", b'{"model": "tiny"}'),                               # prompt missing
+    ("application/json", b'{"model": "tiny", "messages": [{"role": "robot", "content": "Hi"}]}'),
+    ("application/json", b'["not", "an", "object"]'),
+    ("text/plain", b"hello"),
+])
+def test_malformed_bodies_get_an_error_body(base_url, content, body):
+    path = "/v1/chat/completions" if b"messages" in body else "/v1/completions"
+    response = httpx.post(f"{base_url}{path}", content=body, headers={"content-type": content})
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["message"] and error["type"] == "invalid_request_error"
+
+
+def test_unknown_path_is_404_with_an_error_body(base_url):
+    response = httpx.get(f"{base_url}/v1/nothing")
+    assert response.status_code == 404 and "error" in response.json()
+
+
+def test_concurrent_requests_are_served_in_turn_on_one_thread(client, engine):
+    def chat(stream):
+        request = dict(messages=[{"role": "user", "content": "Hello"}], **GREEDY, stream=stream)
+        out = client.chat.completions.create(**request)
+        return "".join(c.choices[0].delta.content or "" for c in out) if stream else out.choices[0].message.content
+
+    engine.threads.clear()
+    with ThreadPoolExecutor(4) as pool:
+        texts = list(pool.map(chat, [True, False, True, False]))
+    assert len(set(texts)) == 1 and texts[0]
+    assert len(engine.threads) == 1 and engine.threads.pop().startswith("lmforge-generate")
+
+
+def _params(max_tokens, stop=()):
+    return SamplingParams(max_new_tokens=max_tokens, temperature=0, stop=list(stop))
