@@ -1,6 +1,6 @@
 """Greedy generation speed: lmforge vs Hugging Face transformers on the same GPT-2 124M, on CPU.
 
-    python bench/generate_speed.py [--new-tokens 256] [--threads 2] [--repeats 1] [--out bench/results/generate_speed.json]
+    python bench/generate_speed.py [--new-tokens 256] [--threads 2] [--repeats 1] [--out FILE.json]
 
 Both libraries run one random-weight GPT-2 124M: lmforge's weights are copied into a
 `transformers.GPT2LMHeadModel` and the logits are checked to agree before anything is timed. For each
@@ -26,7 +26,10 @@ import time
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_model, save_model
 
+from lmforge.generate.engine import generate_tokens
+from lmforge.generate.params import SamplingParams
 from lmforge.model.config import preset_config
 from lmforge.model.gpt import GPT
 
@@ -57,6 +60,8 @@ def lmforge_model() -> GPT:
 
 def hf_model_like(model: GPT):
     """A transformers GPT2LMHeadModel of the same shape, holding `model`'s weights."""
+    # Imported here, not at the top: lmforge's subprocesses never load transformers, which would add
+    # its memory to their peak.
     from transformers import GPT2Config, GPT2LMHeadModel
 
     cfg = model.config
@@ -114,9 +119,6 @@ def weight_bytes(model: GPT, dtype: torch.dtype) -> int:
 # ---- greedy generation, three ways (adapt here when the engine's API changes) -------------------------
 def lmforge_cached(model: GPT, prompts: torch.Tensor, new_tokens: int) -> torch.Tensor:
     """The token level of lmforge's Engine (KV cache, whole batch in lockstep): ids (B, new_tokens)."""
-    from lmforge.generate.engine import generate_tokens
-    from lmforge.generate.params import SamplingParams
-
     steps = generate_tokens(model, prompts.tolist(), SamplingParams(max_new_tokens=new_tokens, temperature=0.0))
     return torch.tensor(list(steps)).t()  # one list of B tokens per step -> (B, new_tokens)
 
@@ -145,8 +147,6 @@ RUNNERS = {"lmforge": lmforge_cached, "lmforge-no-cache": lmforge_no_cache, "hf"
 # ---- one configuration, in its own process --------------------------------------------------------------
 def measure_config(engine: str, dtype: str, batch: int, new_tokens: int, repeats: int, weights: Path) -> dict:
     """Build the model, warm up, then time the first token and the whole generation."""
-    from safetensors.torch import load_model
-
     model = lmforge_model()
     load_model(model, str(weights))
     if engine == "hf":
@@ -161,7 +161,7 @@ def measure_config(engine: str, dtype: str, batch: int, new_tokens: int, repeats
     seconds, ids = min(runs, key=lambda run: run[0])
     return {"engine": engine, "dtype": dtype, "batch": batch, "new_tokens": new_tokens, "seconds": seconds,
             "tokens_per_s": batch * new_tokens / seconds, "first_token_s": first_token,
-            "peak_rss_mb": peak_memory_mb(), "ids": ids.tolist()}
+            "peak_rss_mb": peak_memory_mb(), "load_average": os.getloadavg()[0], "ids": ids.tolist()}
 
 
 def timed(generate, model, prompts: torch.Tensor, new_tokens: int) -> tuple[float, torch.Tensor]:
@@ -291,8 +291,6 @@ def main() -> None:
     weights = {name: weight_bytes(model, dtype) for name, dtype in DTYPES.items()}
     bandwidth = memory_bandwidth()
     with tempfile.TemporaryDirectory() as tmp:
-        from safetensors.torch import save_model
-
         weights_file = Path(tmp) / "gpt2-124m-random.safetensors"
         save_model(model, str(weights_file))
         del model

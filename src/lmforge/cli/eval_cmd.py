@@ -56,7 +56,8 @@ def register(sub) -> None:
                    help="a prepared data folder (its tokenizer must match the checkpoint's), or raw files/folders, "
                         "which are tokenized with the checkpoint's tokenizer")
     p.add_argument("--split", choices=["val", "train", "all"],
-                   help="which split to score (default: val of a prepared folder; all of raw files)")
+                   help="which split to score (default: val of a prepared folder; train of raw files, "
+                        "which holds all of them)")
     p.add_argument("--batch-size", type=int, default=8, help="windows per forward pass (default: 8)")
     p.add_argument("--max-batches", type=int, default=None, help="stop after this many batches (default: all)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | mps (default: auto)")
