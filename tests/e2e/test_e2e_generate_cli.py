@@ -74,8 +74,12 @@ def test_serve_answers_until_interrupted(checkpoint):
         url = f"http://127.0.0.1:{port}"
         models = _wait_for(f"{url}/v1/models", server)
         assert [m["id"] for m in models["data"]] == ["tiny"]
-        body = {"model": "tiny", "prompt": "Hello", "max_tokens": 3}
-        assert httpx.post(f"{url}/v1/completions", json=body).json()["usage"]["completion_tokens"] == 3
+        body = {"model": "tiny", "prompt": "Hello", "max_tokens": 3, "temperature": 0}
+        reply = httpx.post(f"{url}/v1/completions", json=body).json()
+        # A random-weight model may pick end-of-text early; otherwise it runs to max_tokens.
+        finished = reply["choices"][0]["finish_reason"]
+        tokens = reply["usage"]["completion_tokens"]
+        assert (finished == "length" and tokens == 3) or (finished == "stop" and tokens < 3)
     finally:
         server.send_signal(signal.SIGINT)
         output = server.communicate(timeout=30)[0]
