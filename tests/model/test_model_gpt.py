@@ -8,13 +8,10 @@ import torch.nn.functional as F
 
 from lmforge.model.config import ModelConfig, preset_config
 from lmforge.model.gpt import GPT
+from tests.model.families import TINY, tiny_families
 from lmforge.model.layers import apply_rope, rope_tables
 
-TINY = dict(n_layer=2, n_head=4, n_embd=32, block_size=16, vocab_size=50)
-FAMILIES = {
-    "gpt2": dict(TINY),
-    "llama": dict(TINY, n_kv_head=2, norm="rmsnorm", pos="rope", mlp="swiglu", bias=False),
-}
+FAMILIES = tiny_families()
 
 
 @pytest.fixture(params=sorted(FAMILIES))

@@ -6,13 +6,10 @@ import torch
 from lmforge.model.attention import attention_mask
 from lmforge.model.config import ModelConfig
 from lmforge.model.gpt import GPT
+from tests.model.families import tiny_families
 from lmforge.model.kv_cache import KVCache, make_caches
 
-TINY = dict(n_layer=2, n_head=4, n_embd=32, block_size=16, vocab_size=50, tie_embeddings=False)
-FAMILIES = {
-    "gpt2": dict(TINY),
-    "llama": dict(TINY, n_kv_head=2, norm="rmsnorm", pos="rope", mlp="swiglu", bias=False),
-}
+FAMILIES = tiny_families(tie_embeddings=False)
 
 
 @pytest.fixture(params=sorted(FAMILIES))
