@@ -196,3 +196,17 @@ def test_config_validation():
         CleanConfig(slop_action="drop_paragraph").validate()
     with pytest.raises(ValueError, match="near_threshold"):
         CleanConfig(near_threshold=1.5).validate()
+
+
+def test_clean_record_applies_boilerplate_removal_to_prose_only():
+    def drop_footer(text):
+        kept = [line for line in text.split("\n") if line != "Footer of the site"]
+        return "\n".join(kept), text.count("Footer of the site")
+
+    body = "A paragraph about tide pools and the small fish that live in them all summer long.\n"
+    stats = CleanStats()
+    prose = clean_record(Record(body + "Footer of the site", "a.txt", "text"), CleanConfig(), stats, drop_footer)
+    source = 'HELP = """\nFooter of the site\n"""\n' + "value = compute(1, 2, 3)\n" * 5
+    code = clean_record(Record(source, "a.py", "code"), CleanConfig(), stats, drop_footer)
+    assert prose.text.strip() == body.strip() and stats.lines_removed_boilerplate == 1
+    assert code is not None and "\nFooter of the site\n" in code.text and stats.lines_removed_boilerplate == 1

@@ -17,6 +17,7 @@ import functools
 import re
 import unicodedata
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
 
 from .boilerplate import remove_page_numbers
@@ -272,12 +273,22 @@ class CleanStats:
         return out
 
 
-def _clean_text(record: Record, cfg: CleanConfig, stats: CleanStats) -> str | None:
+def normalized(record: Record, cfg: CleanConfig) -> tuple[str, int]:
+    """The record's text after the normalisation step (unchanged when it is switched off)."""
+    if not cfg.normalize:
+        return record.text, 0
+    return normalize_text(record.text, collapse_inner_spaces=record.format != CODE_FORMAT)
+
+
+def _clean_text(record: Record, cfg: CleanConfig, stats: CleanStats, boilerplate=None) -> str | None:
     """The text-changing steps; None when the slop filter rejects the whole document."""
-    text, prose = record.text, record.format in PROSE_FORMATS
-    if cfg.normalize:
-        text, removed = normalize_text(text, collapse_inner_spaces=record.format != CODE_FORMAT)
-        stats.normalize_chars_removed += removed
+    prose = record.format in PROSE_FORMATS
+    text, removed = normalized(record, cfg)
+    stats.normalize_chars_removed += removed
+    # Only prose has boilerplate: in code, a line like `import os` repeats because it is meant to.
+    if boilerplate is not None and prose:
+        text, removed = boilerplate(text)
+        stats.lines_removed_boilerplate += removed
     if cfg.boilerplate and record.format == "pdf":
         text, removed = remove_page_numbers(text)
         stats.page_number_lines_removed += removed
@@ -296,15 +307,17 @@ def _clean_text(record: Record, cfg: CleanConfig, stats: CleanStats) -> str | No
     return text
 
 
-def clean_record(record: Record, cfg: CleanConfig, stats: CleanStats) -> Record | None:
+def clean_record(record: Record, cfg: CleanConfig, stats: CleanStats,
+                 boilerplate: Callable[[str], tuple[str, int]] | None = None) -> Record | None:
     """Clean one record, or None if it is dropped; every change and drop is counted in ``stats``.
 
-    Cross-document steps are the caller's: boilerplate lines (BoilerplateFinder, before this) and
-    duplicates (Deduplicator, after this, so documents are compared in their cleaned form).
+    ``boilerplate`` removes the lines a BoilerplateFinder found repeated across the record's group
+    (applied to prose right after normalisation). Duplicates are the caller's step (Deduplicator,
+    after this, so documents are compared in their cleaned form).
     """
     stats.documents_in += 1
     stats.chars_in += len(record.text)
-    text = _clean_text(record, cfg, stats)
+    text = _clean_text(record, cfg, stats, boilerplate)
     if text is None:
         stats.slop_documents_dropped += 1
         reason = "slop"

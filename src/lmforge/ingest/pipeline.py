@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from ..utils.files import file_sha1
 from .boilerplate import BoilerplateFinder
-from .clean import PROSE_FORMATS, CleanStats, clean_record, normalize_text
+from .clean import PROSE_FORMATS, CleanStats, clean_record, normalized
 from .config import IngestConfig
 from .dedup import Deduplicator
 from .detect import HEAD_BYTES, detect_format
@@ -188,7 +188,7 @@ def _clean_and_write(ok: list[FileResult], documents_path: Path, cfg: IngestConf
         for result in ok:
             for record in cached_records(result):
                 if record.format in PROSE_FORMATS:
-                    finder.observe(result.group, normalize_text(record.text)[0])
+                    finder.observe(result.group, normalized(record, clean)[0])  # as pass two will see it
     dedup = Deduplicator(clean)
     stats = CleanStats()
     bar = tqdm(total=sum(r.records for r in ok), desc="cleaning", unit="doc", file=sys.stderr, disable=quiet)
@@ -208,12 +208,8 @@ def _clean_and_write(ok: list[FileResult], documents_path: Path, cfg: IngestConf
 
 
 def _clean_one(record: Record, group: str, finder, dedup, clean, stats: CleanStats) -> Record | None:
-    # Only prose has boilerplate: in code, a line like `import os` repeats because it is meant to.
-    if finder is not None and record.format in PROSE_FORMATS:
-        text, removed = finder.remove(group, normalize_text(record.text)[0])
-        stats.lines_removed_boilerplate += removed
-        record = Record(text, record.source, record.format, record.meta)
-    cleaned = clean_record(record, clean, stats)
+    boilerplate = (lambda text: finder.remove(group, text)) if finder is not None else None
+    cleaned = clean_record(record, clean, stats, boilerplate)
     if cleaned is None:
         return None
     kind = dedup.is_duplicate(cleaned.text)
