@@ -109,7 +109,11 @@ def _forward(model: GPT, window: torch.Tensor, is_real: torch.Tensor, caches: li
 def _sample_rows(logits: torch.Tensor, params: SamplingParams, generators: list[torch.Generator | None],
                  tokens: torch.Tensor, is_real: torch.Tensor) -> torch.Tensor:
     """One token per row (B,), drawn with the row's own generator and penalising the row's own tokens."""
-    return torch.stack([sample_next(logits[row], params, generator, context=tokens[row][is_real[row]])
+    penalise = params.repetition_penalty != 1.0
+    if params.temperature == 0 and not penalise:
+        return sample_next(logits, params)  # plain greedy uses no generator or context: one batched argmax
+    return torch.stack([sample_next(logits[row], params, generator,
+                                    context=tokens[row][is_real[row]] if penalise else None)
                         for row, generator in enumerate(generators)])
 
 
