@@ -106,13 +106,20 @@ class TokenBatches:
         """Epochs completed so far, fractional (e.g. 2.5 = halfway through the third epoch)."""
         return self.epoch + self.index / max(self.batches_per_epoch, 1)
 
+    def _eval_window_count(self) -> int:
+        return max(len(self.tokens) - 1, 0) // self.block_size
+
+    def eval_batch_count(self) -> int:
+        """How many batches eval_batches() yields without a limit (the last one may be smaller)."""
+        return -(-self._eval_window_count() // self.batch_size)  # ceiling division
+
     def eval_batches(self, max_batches: int | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Consecutive windows from the start of the split, batched: the same batches on every call.
 
         Yields at most `max_batches` batches (all of the split when None); the last one may be smaller.
         """
-        window_count = max(len(self.tokens) - 1, 0) // self.block_size
-        batch_count = -(-window_count // self.batch_size)  # ceiling division
+        window_count = self._eval_window_count()
+        batch_count = self.eval_batch_count()
         if max_batches is not None:
             batch_count = min(batch_count, max_batches)
         for batch in range(batch_count):

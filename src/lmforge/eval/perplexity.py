@@ -76,7 +76,7 @@ def heldout_batches(data_dir: str | Path, split: str, block_size: int, batch_siz
     "all" reads train, then val. Windows never cross from one split file into the other.
     """
     loaders = [TokenBatches(data_dir, name, block_size, batch_size) for name in _split_names(split)]
-    count = sum(_eval_batch_count(loader) for loader in loaders)
+    count = sum(loader.eval_batch_count() for loader in loaders)
     if max_batches is not None:
         count = min(count, max_batches)
     if count == 0:
@@ -85,12 +85,6 @@ def heldout_batches(data_dir: str | Path, split: str, block_size: int, batch_siz
                          f"needs {block_size + 1:,} (the model's block_size + 1)")
     batches = itertools.chain.from_iterable(loader.eval_batches() for loader in loaders)
     return itertools.islice(batches, count), count
-
-
-def _eval_batch_count(loader: TokenBatches) -> int:
-    """How many batches `loader.eval_batches()` yields (for the progress bar, before reading any data)."""
-    windows = max(len(loader.tokens) - 1, 0) // loader.block_size
-    return -(-windows // loader.batch_size)  # ceiling division: the last batch may be smaller
 
 
 def check_same_tokenizer(data_dir: str | Path, tokenizer: Tokenizer) -> None:
