@@ -46,17 +46,33 @@ def _replace_dir(tmp: Path, final: Path) -> None:
         shutil.rmtree(aside)
 
 
+class FullWeights:
+    """How a checkpoint stores a plain model: every weight in model.safetensors, the shape in config.json.
+
+    Fine-tuning swaps in other formats with the same two methods (e.g. LoRA stores only its adapters).
+    """
+
+    def save(self, model: GPT, folder: Path) -> None:
+        save_model(model, str(folder / "model.safetensors"), metadata={"format": "pt"})
+        _write_json(folder / "config.json", config_to_dict(model.config))
+
+    def load(self, model: GPT, folder: Path) -> None:
+        load_weights(model, folder)
+
+
 def save_checkpoint(run_dir: str | Path, name: str, model: GPT, tokenizer, meta: dict,
-                    train_state: dict | None = None) -> Path:
-    """Write checkpoint folder run_dir/name (e.g. "best", "step-000500") atomically."""
+                    train_state: dict | None = None, files=None) -> Path:
+    """Write checkpoint folder run_dir/name (e.g. "best", "step-000500") atomically.
+
+    `files` writes the model's files (default FullWeights(); anything with save(model, folder)).
+    """
     run_dir = Path(run_dir)
     final = run_dir / name
     tmp = run_dir / f".tmp-{name}-{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
-    save_model(model, str(tmp / "model.safetensors"), metadata={"format": "pt"})
-    _write_json(tmp / "config.json", config_to_dict(model.config))
+    (files or FullWeights()).save(model, tmp)
     tokenizer.save(tmp)
     _write_json(tmp / "meta.json", meta)
     if train_state is not None:
@@ -87,9 +103,13 @@ def prune_step_checkpoints(run_dir: str | Path, keep_last: int) -> None:
         shutil.rmtree(old)
 
 
+WEIGHT_FILES = ("model.safetensors", "adapter_model.safetensors")
+
+
 def is_checkpoint(path: str | Path) -> bool:
+    """An lmforge checkpoint folder: full weights or LoRA adapters, plus config.json."""
     path = Path(path)
-    return (path / "model.safetensors").is_file() and (path / "config.json").is_file()
+    return any((path / f).is_file() for f in WEIGHT_FILES) and (path / "config.json").is_file()
 
 
 def find_resume(run_dir: str | Path) -> Path | None:

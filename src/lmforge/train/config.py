@@ -24,6 +24,8 @@ class TrainConfig:
     warmup_steps: int = field(default=50, metadata={"help": "steps of linear warmup from 0 to lr"})
     schedule: Literal["cosine", "linear", "constant"] = field(default="cosine", metadata={
         "help": "decay from lr to min_lr after warmup"})
+    optimizer: Literal["adamw", "adamw8bit", "paged_adamw8bit"] = field(default="adamw", metadata={
+        "help": "adamw; or bitsandbytes' 8-bit AdamW (moments in 8 bits: 4x less optimizer memory), paged = CUDA only"})
     weight_decay: float = field(default=0.1, metadata={"help": "AdamW decoupled weight decay (matrices only)"})
     beta1: float = field(default=0.9, metadata={"help": "AdamW beta1 (momentum)"})
     beta2: float = field(default=0.95, metadata={"help": "AdamW beta2 (second-moment decay)"})

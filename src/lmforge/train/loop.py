@@ -71,12 +71,14 @@ class StopRequested:
 
 class Trainer:
     def __init__(self, model, tokenizer, train_batches, val_batches, cfg: TrainConfig, run_dir: str | Path,
-                 device: torch.device, precision: str, loss_fn=lm_loss_sum):
+                 device: torch.device, precision: str, loss_fn=lm_loss_sum, model_files=None):
         self.model, self.tokenizer, self.cfg = model, tokenizer, cfg
         self.train_batches, self.val_batches = train_batches, val_batches
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.device, self.precision, self.loss_fn = device, precision, loss_fn
+        # How checkpoints store the model: all weights by default; fine-tuning may store less (LoRA adapters).
+        self.model_files = model_files or ckpt.FullWeights()
         self.model.to(device)
         self.forward_model = torch.compile(model) if cfg.compile else model
         self.optimizer = build_optimizer(model, cfg, device)
@@ -111,7 +113,7 @@ class Trainer:
             return None
         if not (path / "train_state.pt").is_file():
             raise ValueError(f"train.resume: {path} has no train_state.pt (only last/ and step-NNNNNN/ can be resumed)")
-        ckpt.load_weights(self.model, path)
+        self.model_files.load(self.model, path)
         state = ckpt.load_train_state(path)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
@@ -138,13 +140,12 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         micro_batches = [self.train_batches.next_batch() for _ in range(cfg.grad_accum_steps)]
-        n_targets = sum(count_targets(y) for _, y in micro_batches)
+        n_targets = sum(count_targets(batch[-1]) for batch in micro_batches)
         total_loss = torch.zeros((), device=self.device)
-        for x, y in micro_batches:
-            x = x.to(self.device, non_blocking=True)
-            y = y.to(self.device, non_blocking=True)
+        for batch in micro_batches:
+            batch = [t.to(self.device, non_blocking=True) for t in batch]
             with autocast(self.device, self.precision):
-                loss = self.loss_fn(self.forward_model, x, y) / n_targets.to(self.device)
+                loss = self.loss_fn(self.forward_model, *batch) / n_targets.to(self.device)
             self.scaler.scale(loss).backward()
             total_loss += loss.detach()
         self.scaler.unscale_(self.optimizer)
@@ -154,7 +155,7 @@ class Trainer:
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
         state.step += 1
-        state.tokens_seen += sum(x.numel() for x, _ in micro_batches)
+        state.tokens_seen += sum(batch[0].numel() for batch in micro_batches)
         self.lr = lr
         return total_loss
 
@@ -166,11 +167,11 @@ class Trainer:
             return None
         self.model.eval()
         loss_sum, n = 0.0, 0
-        for x, y in self.val_batches.eval_batches(self.cfg.eval_steps):
-            x, y = x.to(self.device), y.to(self.device)
+        for batch in self.val_batches.eval_batches(self.cfg.eval_steps):
+            batch = [t.to(self.device) for t in batch]
             with autocast(self.device, self.precision):
-                loss_sum += self.loss_fn(self.forward_model, x, y).item()
-            n += int(count_targets(y))
+                loss_sum += self.loss_fn(self.forward_model, *batch).item()
+            n += int(count_targets(batch[-1]))
         self.model.train()
         return loss_sum / n if n else None
 
@@ -196,7 +197,7 @@ class Trainer:
                        "trainer": self.state.state_dict(), "data": self.train_batches.state_dict(),
                        "rng": capture_rng(), "schedule": {"step": self.state.step, "total_steps": self.total_steps}}
         step_dir = ckpt.save_checkpoint(self.run_dir, f"step-{self.state.step:06d}", self.model, self.tokenizer,
-                                        self._meta(), train_state)
+                                        self._meta(), train_state, self.model_files)
         ckpt.link_checkpoint(step_dir, "last")
         ckpt.prune_step_checkpoints(self.run_dir, self.cfg.keep_last)
 
@@ -205,7 +206,8 @@ class Trainer:
         s = self.state
         if val_loss < s.best_val_loss:
             s.best_val_loss, s.best_step, s.evals_since_best = val_loss, s.step, 0
-            ckpt.save_checkpoint(self.run_dir, "best", self.model, self.tokenizer, self._meta())
+            ckpt.save_checkpoint(self.run_dir, "best", self.model, self.tokenizer, self._meta(),
+                                 files=self.model_files)
         else:
             s.evals_since_best += 1
 

@@ -4,6 +4,9 @@ An objective returns the *sum* of per-token losses and leaves the division to th
 divides by the number of target tokens in the whole accumulated batch. That way k micro-batches of
 size B give exactly the gradient of one batch of size kB, even when micro-batches hold different
 numbers of real (non-padding, label != -100) tokens.
+
+A batch is a tuple of tensors whose last one holds the targets; the loop calls
+`loss_fn(model, *batch)` and counts the targets of `batch[-1]` (those not equal to IGNORE_INDEX).
 """
 
 from __future__ import annotations

@@ -26,12 +26,33 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
 
 
 def build_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
+    groups = param_groups(model, cfg.weight_decay)
+    if not any(group["params"] for group in groups):
+        raise ValueError("the model has no trainable parameters (everything is frozen)")
+    if cfg.optimizer != "adamw":
+        return _bitsandbytes_adamw(groups, cfg, device)
     kwargs = {}
     # The fused CUDA kernel updates all parameters in one launch; on CPU the default foreach path is best.
     if device.type == "cuda" and "fused" in inspect.signature(torch.optim.AdamW).parameters:
         kwargs["fused"] = True
-    return torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr,
-                             betas=(cfg.beta1, cfg.beta2), **kwargs)
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), **kwargs)
+
+
+def _bitsandbytes_adamw(groups: list[dict], cfg: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
+    """8-bit AdamW: both moments stored in 8 bits with blockwise scales (2 bytes/param instead of 8).
+
+    The paged variant keeps its state in memory the GPU can page out to CPU RAM when it runs short
+    (the QLoRA paper's "paged optimizers"); paging needs CUDA unified memory.
+    """
+    try:
+        import bitsandbytes as bnb
+    except ImportError as exc:
+        raise ImportError(f"train.optimizer={cfg.optimizer} needs bitsandbytes: pip install 'lmforge[quant]'") from exc
+    if cfg.optimizer == "paged_adamw8bit" and device.type != "cuda":
+        raise ValueError("train.optimizer: paged_adamw8bit pages optimizer state through CUDA unified memory and "
+                         "needs a CUDA device; use adamw8bit on CPU")
+    cls = bnb.optim.PagedAdamW8bit if cfg.optimizer == "paged_adamw8bit" else bnb.optim.AdamW8bit
+    return cls(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
 
 
 def lr_at(step: int, cfg: TrainConfig, progress: float) -> float:

@@ -1,0 +1,94 @@
+"""FinetuneConfig: what a fine-tuning run adapts the pretrained model to, and how.
+
+Two independent choices:
+
+* task   -- causal: continue next-token training on plain text (domain adaptation);
+            instruct: supervised fine-tuning (SFT) on prompt/response examples, the prompt masked out;
+            classify: replace the LM head with a class head and train on labelled text.
+* method -- full: every weight trains; lora: the base is frozen and small low-rank adapters train;
+            qlora: as lora, with the frozen base stored in 4-bit NF4 to save memory.
+
+The model to start from is `model.init_from` (an lmforge checkpoint or a Hugging Face folder).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+LORA_TARGETS = ("q", "k", "v", "o", "gate", "up", "down", "lm_head")
+
+
+@dataclass
+class LoRASettings:
+    """Low-rank adapters: W x + (alpha / r) * B A x, with A (r x in) and B (out x r) the only trained weights."""
+
+    r: int = field(default=8, metadata={"help": "adapter rank: capacity of the update (4-64 typical)"})
+    alpha: float = field(default=16.0, metadata={"help": "scale; the update is multiplied by alpha / r"})
+    dropout: float = field(default=0.05, metadata={"help": "dropout on the adapter's input"})
+    targets: list[str] = field(default_factory=lambda: ["q", "v"], metadata={
+        "help": "layers that get adapters: q k v o gate up down lm_head"})
+
+    def validate(self) -> None:
+        if self.r < 1:
+            raise ValueError(f"r: must be at least 1, got {self.r}")
+        if self.alpha <= 0:
+            raise ValueError(f"alpha: must be positive, got {self.alpha}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout: must be in [0, 1), got {self.dropout}")
+        unknown = [t for t in self.targets if t not in LORA_TARGETS]
+        if unknown or not self.targets:
+            raise ValueError(f"targets: unknown {unknown or 'empty list'}; choose from {', '.join(LORA_TARGETS)}")
+
+
+@dataclass
+class InstructSettings:
+    """Supervised fine-tuning on instructions or conversations."""
+
+    format: Literal["auto", "alpaca", "sharegpt", "messages", "prompt_completion"] = field(default="auto", metadata={
+        "help": "dataset format; auto detects it from the keys of the first record"})
+    template: str = field(default="chatml", metadata={
+        "help": "prompt template (chatml | alpaca | plain); stored with the checkpoint for chat"})
+    mask_prompt: bool = field(default=True, metadata={"help": "train only on the responses (prompt labels = -100)"})
+    pack: bool = field(default=False, metadata={"help": "pack several short examples into one row"})
+    max_truncated: float = field(default=0.05, metadata={
+        "help": "fail the pre-flight check when more than this share of examples is cut at block_size"})
+    val_fraction: float = field(default=0.05, metadata={"help": "share of examples held out for validation"})
+
+
+@dataclass
+class ClassifySettings:
+    """Classification: a new head on the last real token's hidden state."""
+
+    text_field: str | None = field(default=None, metadata={"help": "column/key with the text; null = guess"})
+    label_field: str | None = field(default=None, metadata={"help": "column/key with the label; null = guess"})
+    trainable: str = field(default="none", metadata={
+        "help": "what of the body trains besides the head: none | all | N (the last N blocks + final norm)"})
+    balance: Literal["none", "downsample", "weighted"] = field(default="none", metadata={
+        "help": "unequal classes: downsample the larger ones, or weight the loss by inverse frequency"})
+    val_fraction: float = field(default=0.15, metadata={"help": "share held out (stratified) for validation"})
+    max_length: int | None = field(default=None, metadata={"help": "tokens kept per text; null = block_size"})
+
+    def validate(self) -> None:
+        if self.trainable not in ("none", "all") and not self.trainable.isdigit():
+            raise ValueError(f"trainable: expected none, all or a number of blocks, got {self.trainable!r}")
+
+
+@dataclass
+class FinetuneConfig:
+    """Fine-tuning: the task, the method, and their settings (used by `lmforge finetune`)."""
+
+    task: Literal["causal", "instruct", "classify"] = field(default="causal", metadata={
+        "help": "causal = more plain text; instruct = SFT on examples; classify = labelled text"})
+    method: Literal["full", "lora", "qlora"] = field(default="full", metadata={
+        "help": "full = all weights; lora = adapters only; qlora = adapters on a 4-bit base"})
+    quant_backend: Literal["auto", "torch", "bnb"] = field(default="auto", metadata={
+        "help": "qlora's 4-bit kernels: bnb (bitsandbytes), torch (pure PyTorch), auto = bnb if installed"})
+    lora: LoRASettings = field(default_factory=LoRASettings, metadata={"help": "adapters (lora and qlora)"})
+    instruct: InstructSettings = field(default_factory=InstructSettings, metadata={"help": "task: instruct"})
+    classify: ClassifySettings = field(default_factory=ClassifySettings, metadata={"help": "task: classify"})
+
+    def validate(self) -> None:
+        if self.task == "classify" and self.method != "full":
+            raise ValueError("method: classification trains a new head (and optionally the last blocks); "
+                             "use method: full with classify.trainable to choose what trains")
