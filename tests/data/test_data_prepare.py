@@ -7,7 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lmforge.data import TokenBatches, ensure_prepared, open_tokens, prepare, read_meta
+from lmforge.data.loader import TokenBatches
+from lmforge.data.prepare import ensure_prepared, prepare
+from lmforge.data.shards import open_tokens, read_meta
 from lmforge.data.prepare import tail_start
 from lmforge.ingest.config import CleanConfig, IngestConfig
 from lmforge.tokenizer import load_tokenizer

@@ -7,6 +7,9 @@
     lmforge generate CKPT --prompt TEXT [--max-new-tokens N --temperature T --top-k K --top-p P --seed S --json]
     lmforge chat CKPT                 lmforge serve CKPT [--host 127.0.0.1 --port 8000]
     lmforge eval CKPT --data DIR|FILES [--json]
+    lmforge finetune CONFIG.yaml | PRESET    lmforge classify CKPT --text TEXT
+    lmforge inspect-sft FILE --tokenizer CKPT (= lmforge prepare FILE --sft --inspect --tokenizer CKPT)
+    lmforge export CKPT --format hf --out DIR
     lmforge report RUN_DIR
 """
 
@@ -16,7 +19,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from . import eval_cmd, generate_cmds
+from . import eval_cmd, export_cmd, finetune_cmds, generate_cmds
 
 EXIT_USAGE, EXIT_FAILED, EXIT_INTERRUPTED = 2, 1, 130
 
@@ -92,6 +95,14 @@ def cmd_ingest(args: argparse.Namespace, overrides: list[str]) -> int:
 def cmd_prepare(args: argparse.Namespace, overrides: list[str]) -> int:
     from ..data.prepare import prepare
 
+    if args.sft:  # instruction data is not packed into shards: check it and show what will be trained
+        if not args.inspect or len(args.sources) != 1:
+            raise ValueError("--sft: use `lmforge prepare FILE --sft --inspect --tokenizer CKPT` on one file "
+                             "(fine-tuning reads the file itself; this checks it first)")
+        args.tokenizer = None if args.tokenizer == "bpe" else args.tokenizer
+        return finetune_cmds.cmd_inspect_sft(args, overrides)
+    if not args.out:
+        raise ValueError("--out: give the folder to write train.bin/val.bin to")
     meta = prepare(args.sources, args.out, tokenizer=args.tokenizer, vocab_size=args.vocab_size,
                    val_fraction=args.val_fraction, seed=args.seed, ingest_cfg=_ingest_config(args, overrides))
     print(f"prepared {args.out}: {meta['train_tokens']:,} train / {meta['val_tokens']:,} val tokens from "
@@ -154,12 +165,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("prepare", help="ingest documents and tokenize them into train.bin/val.bin shards")
     p.add_argument("sources", nargs="+", help="files, folders or archives")
-    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--out", help="output folder")
     _add_ingest_flags(p)
     p.add_argument("--tokenizer", default="bpe", help="char | bpe | gpt2 | PATH (default: bpe)")
     p.add_argument("--vocab-size", type=int, default=4096, help="vocabulary size for bpe (default: 4096)")
     p.add_argument("--val-fraction", type=float, default=0.1, help="share held out for validation (default: 0.1)")
     p.add_argument("--seed", type=int, default=1337)
+    p.add_argument("--sft", action="store_true", help="the source is instruction data: check it (with --inspect)")
+    p.add_argument("--inspect", action="store_true", help="with --sft: pre-flight check + one example's trained tokens")
+    finetune_cmds.add_inspect_flags(p)
     p.set_defaults(func=cmd_prepare)
 
     p = sub.add_parser("init", help="print a full, commented run config")
@@ -167,8 +181,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "llama-tiny, gpt2-124m, ...) or a YAML file to show fully resolved")
     p.set_defaults(func=cmd_init)
 
+    finetune_cmds.register(sub)
     generate_cmds.register(sub)
     eval_cmd.register(sub)
+    export_cmd.register(sub)
 
     p = sub.add_parser("report", help="re-plot a run's curves and explain them in words")
     p.add_argument("run_dir", help="the run directory (train.out_dir)")

@@ -1,4 +1,4 @@
-"""RunConfig: the whole YAML file of a run -- model, data and train sections -- and how it is loaded.
+"""RunConfig: the whole YAML file of a run -- model, data, ingest, train, finetune -- and how it is loaded.
 
 Precedence, lowest first: dataclass defaults < the model preset < the YAML file < --section.key=value.
 """
@@ -14,6 +14,7 @@ from ..data.config import DataConfig
 from ..ingest.config import IngestConfig
 from ..model.config import PRESETS, ModelConfig, apply_preset
 from ..train.config import TrainConfig
+from ..train.finetune_config import FinetuneConfig
 from .loader import ConfigError, deep_merge, from_dict, load_yaml, parse_overrides, to_commented_yaml, to_dict
 
 
@@ -25,6 +26,8 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig, metadata={"help": "the corpus and tokenizer"})
     ingest: IngestConfig = field(default_factory=IngestConfig, metadata={"help": "reading and cleaning documents"})
     train: TrainConfig = field(default_factory=TrainConfig, metadata={"help": "the optimisation"})
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig, metadata={
+        "help": "used by `lmforge finetune` only: task, method (full/lora/qlora) and their settings"})
 
 
 def run_presets() -> list[str]:
@@ -78,7 +81,10 @@ def load_run_config(path: str | Path | None = None, overrides: list[str] | tuple
 
 
 def resolve_init_from(raw: dict) -> dict:
-    """A run that starts from a checkpoint has that checkpoint's architecture: read it from config.json."""
+    """A run that starts from a checkpoint has that checkpoint's architecture: read it from config.json.
+
+    The folder may be an lmforge checkpoint or a Hugging Face model folder (its config.json names a model_type).
+    """
     init_from = (raw.get("model") or {}).get("init_from")
     if not init_from:
         return raw
@@ -86,6 +92,15 @@ def resolve_init_from(raw: dict) -> dict:
     if not config_file.is_file():
         raise ConfigError(f"model.init_from: {init_from} is not a checkpoint folder (no config.json)")
     saved = json.loads(config_file.read_text())
+    if "model_type" in saved:  # a Hugging Face model folder: translate its config.json
+        # Imported here: model.hf loads torch, which reading a config should not need otherwise.
+        from ..model.config import config_to_dict
+        from ..model.hf import config_from_hf
+
+        try:
+            saved = config_to_dict(config_from_hf(saved))
+        except ValueError as exc:
+            raise ConfigError(f"model.init_from: {init_from}: {exc}") from None
     return {**raw, "model": {**saved, "init_from": init_from, "preset": None}}
 
 

@@ -1,95 +1,40 @@
-"""Chat on top of a text-continuation model: chat templates, and a session that keeps the history.
+"""Chat on top of a text-continuation model: a session that keeps the history.
 
 A language model only continues text. To make it "chat", the conversation is written out as one
 text in a fixed format (the chat template), ending with the start of the assistant's turn; the
-model continues from there, and generation stops at the string that ends a turn. A model answers
-well only in the format it was fine-tuned on, so the template is stored next to the checkpoint
-(`chat_template.json`).
-
-A template is data, not code:
-
-    message            how one message is written; {role} is the role as given ("user"),
-                       {Role} the same capitalised ("User"), {content} the text
-    generation_prompt  appended after the last message to start the assistant's reply
-    stop               strings that end the reply (not included in it)
+model continues from there, and generation stops at the string that ends a turn. The templates
+live in `lmforge.data.templates`, because fine-tuning data is rendered with the very same ones;
+they are re-exported here so `from lmforge.generate.chat import CHATML` keeps working.
 """
 
 from __future__ import annotations
 
-import json
-import string
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, replace
-from pathlib import Path
+from dataclasses import replace
 from typing import TYPE_CHECKING
+
+from lmforge.data.templates import (
+    ALPACA,
+    CHATML,
+    PLAIN,
+    RAW,
+    TEMPLATE_FILENAME,
+    TEMPLATES,
+    ChatTemplate,
+    load_chat_template,
+    render,
+    save_chat_template,
+)
 
 from .params import SamplingParams
 
-if TYPE_CHECKING:  # only for type hints: the templates stay importable without loading torch
+if TYPE_CHECKING:  # only for type hints: importing the engine would load the model code
     from .engine import Engine
 
-TEMPLATE_FILENAME = "chat_template.json"
-PLACEHOLDERS = {"role", "Role", "content"}
-
-
-@dataclass(frozen=True)
-class ChatTemplate:
-    name: str
-    message: str
-    generation_prompt: str
-    stop: tuple[str, ...] = ()
-
-    def validate(self) -> None:
-        names = {name for _, name, _, _ in string.Formatter().parse(self.message) if name is not None}
-        if "content" not in names or not names <= PLACEHOLDERS:
-            raise ValueError(f"chat template {self.name!r}: message must use {{content}} and only "
-                             f"{sorted(PLACEHOLDERS)}, got {self.message!r}")
-
-
-CHATML = ChatTemplate(
-    name="chatml",
-    message="<|im_start|>{role}\n{content}<|im_end|>\n",
-    generation_prompt="<|im_start|>assistant\n",
-    stop=("<|im_end|>",),
-)
-# Needs no special tokens, so even a model trained only on plain dialogue text can follow it.
-PLAIN = ChatTemplate(
-    name="plain",
-    message="{Role}: {content}\n",
-    generation_prompt="Assistant:",
-    stop=("\nUser:",),
-)
-TEMPLATES = {template.name: template for template in (CHATML, PLAIN)}
-
-
-def render(messages: list[dict[str, str]], template: ChatTemplate, add_generation_prompt: bool = True) -> str:
-    """The conversation as one prompt text; messages are {"role": ..., "content": ...} dicts."""
-    text = "".join(template.message.format(role=m["role"], Role=m["role"].capitalize(), content=m["content"])
-                   for m in messages)
-    return text + template.generation_prompt if add_generation_prompt else text
-
-
-def save_chat_template(ckpt_dir: str | Path, template: ChatTemplate) -> Path:
-    """Store `template` with a checkpoint, so that chat and serve use it by default."""
-    template.validate()
-    path = Path(ckpt_dir) / TEMPLATE_FILENAME
-    path.write_text(json.dumps(asdict(template), indent=2) + "\n", encoding="utf-8")
-    return path
-
-
-def load_chat_template(ckpt_dir: str | Path) -> ChatTemplate:
-    """The template stored with a checkpoint, or ChatML when it has none."""
-    path = Path(ckpt_dir) / TEMPLATE_FILENAME
-    if not path.is_file():
-        return CHATML
-    data = json.loads(path.read_text(encoding="utf-8"))
-    try:
-        template = ChatTemplate(name=data["name"], message=data["message"],
-                                generation_prompt=data["generation_prompt"], stop=tuple(data.get("stop", ())))
-    except (KeyError, TypeError) as exc:
-        raise ValueError(f"{path}: expected an object with name, message, generation_prompt and stop") from exc
-    template.validate()
-    return template
+__all__ = [
+    "ALPACA", "CHATML", "PLAIN", "RAW", "TEMPLATES", "TEMPLATE_FILENAME",
+    "ChatSession", "ChatTemplate", "load_chat_template", "render", "save_chat_template",
+]
 
 
 class ChatSession:

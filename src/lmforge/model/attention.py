@@ -40,9 +40,10 @@ class CausalSelfAttention(nn.Module):
         super().__init__()
         self.n_head, self.n_kv_head, self.head_dim = cfg.n_head, cfg.kv_heads, cfg.head_dim
         kv_width = self.n_kv_head * self.head_dim
-        self.q = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
-        self.k = nn.Linear(cfg.n_embd, kv_width, bias=cfg.bias)
-        self.v = nn.Linear(cfg.n_embd, kv_width, bias=cfg.bias)
+        # Qwen2 keeps biases on q/k/v while dropping every other one, hence a separate switch.
+        self.q = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.has_qkv_bias)
+        self.k = nn.Linear(cfg.n_embd, kv_width, bias=cfg.has_qkv_bias)
+        self.v = nn.Linear(cfg.n_embd, kv_width, bias=cfg.has_qkv_bias)
         self.o = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
         self.dropout = cfg.dropout
         self.resid_dropout = nn.Dropout(cfg.dropout)

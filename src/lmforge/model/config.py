@@ -4,7 +4,8 @@ One dataclass describes both families the model supports:
 
 * GPT-2 style: learned absolute positions, LayerNorm, GELU MLP, biases, tied embeddings.
 * Llama/Qwen style: rotary positions (RoPE), RMSNorm, SwiGLU MLP, grouped-query attention
-  (fewer key/value heads than query heads), no biases.
+  (fewer key/value heads than query heads), no biases (Qwen2 keeps biases on the query, key and
+  value projections only: `qkv_bias`).
 
 The family is not a switch: each choice is its own field, so mixtures (e.g. GPT-2 with RoPE) work.
 This module imports no torch, so configs can be read and validated cheaply.
@@ -13,7 +14,7 @@ This module imports no torch, so configs can be read and validated cheaply.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields, replace
-from typing import Literal
+from typing import Any, Literal
 
 Norm = Literal["layernorm", "rmsnorm"]
 Positions = Literal["learned", "rope"]
@@ -35,16 +36,26 @@ class ModelConfig:
     norm_eps: float = field(default=1e-5, metadata={"help": "epsilon inside the norm"})
     pos: Positions = field(default="learned", metadata={"help": "position encoding: learned table or rotary (RoPE)"})
     rope_theta: float = field(default=10000.0, metadata={"help": "RoPE base frequency"})
+    rope_scaling: dict[str, Any] | None = field(default=None, metadata={
+        "help": "stretch RoPE to longer contexts, as in Hugging Face configs: {rope_type: linear, factor: F} or "
+                "{rope_type: llama3, factor, low_freq_factor, high_freq_factor, original_max_position_embeddings}"})
     mlp: MLPKind = field(default="gelu", metadata={"help": "feed-forward kind"})
     mlp_hidden: int | None = field(default=None, metadata={"help": "MLP hidden width; null = 4*n_embd (gelu) or ~8/3*n_embd (swiglu)"})
     bias: bool = field(default=True, metadata={"help": "biases in linear layers and norms"})
+    qkv_bias: bool | None = field(default=None, metadata={
+        "help": "biases on the query/key/value projections (Qwen2: true with bias false); null = same as bias"})
     tie_embeddings: bool = field(default=True, metadata={"help": "share the token embedding with the output head"})
     dropout: float = field(default=0.0, metadata={"help": "dropout probability (0 for pretraining small data fast)"})
-    init_from: str | None = field(default=None, metadata={"help": "start from these weights: an lmforge checkpoint folder"})
+    init_from: str | None = field(default=None, metadata={
+        "help": "start from these weights: an lmforge checkpoint or a Hugging Face model folder"})
 
     @property
     def kv_heads(self) -> int:
         return self.n_kv_head or self.n_head
+
+    @property
+    def has_qkv_bias(self) -> bool:
+        return self.bias if self.qkv_bias is None else self.qkv_bias
 
     @property
     def head_dim(self) -> int:
@@ -72,8 +83,28 @@ class ModelConfig:
         for name in ("n_layer", "n_head", "n_embd", "block_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}: must be at least 1, got {getattr(self, name)}")
+        if self.rope_scaling is not None:
+            check_rope_scaling(self.rope_scaling)
         if self.preset is not None and self.preset not in PRESETS:
             raise ValueError(f"preset: unknown preset {self.preset!r}; choose one of {', '.join(sorted(PRESETS))}")
+
+
+ROPE_SCALING_KEYS: dict[str, tuple[str, ...]] = {
+    "linear": ("factor",),
+    "llama3": ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"),
+}
+"""The RoPE scaling kinds lmforge implements (layers.rope_tables), and the numbers each one needs."""
+
+
+def check_rope_scaling(scaling: dict[str, Any]) -> None:
+    """Raise a ValueError naming what is wrong with a `rope_scaling` mapping."""
+    kind = scaling.get("rope_type", scaling.get("type"))
+    if kind not in ROPE_SCALING_KEYS:
+        raise ValueError(f"rope_scaling: rope_type {kind!r} is not supported; lmforge implements "
+                         f"{', '.join(ROPE_SCALING_KEYS)}")
+    missing = [key for key in ROPE_SCALING_KEYS[kind] if not isinstance(scaling.get(key), (int, float))]
+    if missing:
+        raise ValueError(f"rope_scaling: rope_type {kind!r} needs numbers for {', '.join(missing)}")
 
 
 _GPT2 = dict(norm="layernorm", pos="learned", mlp="gelu", bias=True, tie_embeddings=True)

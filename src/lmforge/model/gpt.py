@@ -49,7 +49,7 @@ class GPT(nn.Module):
         if cfg.tie_embeddings:
             self.lm_head.weight = self.tok_emb.weight
         if cfg.pos == "rope":
-            cos, sin = rope_tables(cfg.head_dim, cfg.block_size, cfg.rope_theta)
+            cos, sin = rope_tables(cfg.head_dim, cfg.block_size, cfg.rope_theta, cfg.rope_scaling)
             # Not persistent: derived from the config, so they stay out of checkpoints.
             self.register_buffer("rope_cos", cos, persistent=False)
             self.register_buffer("rope_sin", sin, persistent=False)
@@ -86,7 +86,16 @@ class GPT(nn.Module):
           positions: (B, T) position of each token; default: the T positions after what the cache holds.
             Left-padded rows start later, so their positions differ from the column index.
           cache: one KVCache per block (model.kv_cache.make_caches); the new keys/values are appended.
-          attn_mask: (B, S) True for real tokens, False for padding, over all S = cached + T positions.
+          attn_mask: (B, S) True for real tokens, False for padding, over all S = cached + T positions;
+            or a complete (B, 1, T, S) mask, True where a query may attend to a key (used as given).
+        """
+        return self.lm_head(self.hidden_states(idx, positions, cache, attn_mask))
+
+    def hidden_states(self, idx: torch.Tensor, positions: torch.Tensor | None = None,
+                      cache: list[KVCache] | None = None, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Token ids (B, T) -> final-norm output (B, T, C): everything but the vocabulary projection.
+
+        Task heads (e.g. a classifier) read these features; the arguments are forward's.
         """
         B, T = idx.shape
         past = cache[0].length if cache is not None else 0
@@ -101,11 +110,16 @@ class GPT(nn.Module):
         else:
             rope = self._rope_angles(positions, past, T)
         # Training (no cache, no padding) lets attention use its built-in causal mask: no extra work.
-        mask = None if cache is None and attn_mask is None else attention_mask(T, past + T, attn_mask, idx.device)
+        if attn_mask is not None and attn_mask.dim() == 4:
+            mask = attn_mask  # a complete (B, 1, T, S) mask, e.g. block-diagonal for packed examples
+        elif cache is None and attn_mask is None:
+            mask = None
+        else:
+            mask = attention_mask(T, past + T, attn_mask, idx.device)
         x = self.drop(x)
         for i, block in enumerate(self.blocks):
             x = block(x, rope, cache[i] if cache is not None else None, mask)
-        return self.lm_head(self.final_norm(x))
+        return self.final_norm(x)
 
     def _rope_angles(self, positions: torch.Tensor | None, past: int, T: int) -> tuple[torch.Tensor, torch.Tensor]:
         """cos and sin of each token's rotation: (T, D) shared by all rows, or (B, 1, T, D) per row."""

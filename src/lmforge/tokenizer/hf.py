@@ -4,6 +4,12 @@
 trains itself (kind "bpe") and any tokenizer a user brings from the Hugging Face
 ecosystem (kind "hf"), which can come as a `tokenizer.json`, as `vocab.json` +
 `merges.txt`, or as GPT-2's original `encoder.json` + `vocab.bpe`.
+
+The other way, `save_hf_tokenizer` writes any lmforge tokenizer as the files that
+`transformers.AutoTokenizer.from_pretrained` reads: `tokenizer.json` (the whole pipeline:
+pre-tokenizer, model, decoder, special tokens) and `tokenizer_config.json` (which Python
+class to wrap it in, and which tokens end a text). The character tokenizer becomes a BPE
+with no merges: every character is its own token, anything else is the unknown token.
 """
 
 from __future__ import annotations
@@ -27,6 +33,9 @@ CONFIG_FILES = ("tokenizer_config.json", "special_tokens_map.json")
 
 COMMON_EOS_TOKENS = ("</s>", "<|im_end|>", "<|end_of_text|>", "<eos>")
 """End-of-sequence tokens of popular model families, tried when no config names one."""
+
+HF_TOKENIZER_CONFIG = "tokenizer_config.json"
+HF_SPECIAL_TOKENS_MAP = "special_tokens_map.json"
 
 
 class HFTokenizer(Tokenizer):
@@ -155,3 +164,71 @@ def _configured_eos_tokens(config_folder: Path) -> list[str]:
         if isinstance(eos, str):
             tokens.append(eos)
     return tokens
+
+
+def save_hf_tokenizer(tokenizer: Tokenizer, out_dir: str | Path, model_max_length: int | None = None) -> Path:
+    """Write tokenizer.json + tokenizer_config.json so that AutoTokenizer loads `tokenizer` from `out_dir`.
+
+    The loaded tokenizer gives the same ids for plain text. Like every Hugging Face tokenizer (and
+    unlike lmforge's `encode`), it reads special-token strings written in the text as those tokens.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    backend = exportable_backend(tokenizer)
+    backend.save(str(out_dir / TOKENIZER_JSON))
+    specials = _special_token_roles(tokenizer)
+    config = {"tokenizer_class": "PreTrainedTokenizerFast", **specials,
+              # Keep decode(encode(text)) == text: no tidying of spaces before punctuation.
+              "clean_up_tokenization_spaces": False}
+    if model_max_length is not None:
+        config["model_max_length"] = model_max_length
+    _write_json(out_dir / HF_TOKENIZER_CONFIG, config)
+    _write_json(out_dir / HF_SPECIAL_TOKENS_MAP, specials)  # read by transformers 4 versions
+    return out_dir
+
+
+def exportable_backend(tokenizer: Tokenizer) -> tokenizers.Tokenizer:
+    """A fresh `tokenizers.Tokenizer` that encodes plain text to the same ids as `tokenizer`."""
+    if isinstance(tokenizer, HFTokenizer):
+        # A copy: the export must not change the live tokenizer (its encode_special_tokens setting
+        # is not saved in tokenizer.json anyway, so the copy reads special tokens HF's way).
+        return tokenizers.Tokenizer.from_str(tokenizer._backend.to_str())
+    if tokenizer.kind == "gpt2":
+        from lmforge.tokenizer.gpt2 import ENCODER_JSON, VOCAB_BPE  # imported here: gpt2 imports this module
+
+        backend = byte_level_bpe_from_files(ENCODER_JSON, VOCAB_BPE)
+        backend.add_special_tokens([EOT])
+        return backend
+    if tokenizer.kind == "char":
+        return _char_backend(tokenizer)
+    raise ValueError(f"Cannot export a {tokenizer.kind!r} tokenizer to Hugging Face files.")
+
+
+def _char_backend(tokenizer: Tokenizer) -> tokenizers.Tokenizer:
+    """The character tokenizer as a BPE without merges: each character is looked up alone."""
+    from lmforge.tokenizer.char import REPLACEMENT_CHARACTER, UNK  # imported here, as for gpt2
+
+    # With no pre-tokenizer the whole text is one "word", which BPE splits into characters;
+    # with no merges to apply, each character keeps its own id (or the unknown token's).
+    vocab = {char: token_id for token_id, char in enumerate(tokenizer.chars)} | tokenizer.special_tokens
+    backend = tokenizers.Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token=UNK))
+    backend.add_special_tokens(list(tokenizer.special_tokens))
+    # Decode as lmforge does: characters joined with nothing between them, unknowns shown as U+FFFD.
+    backend.decoder = decoders.Sequence([decoders.Replace(UNK, REPLACEMENT_CHARACTER), decoders.Fuse()])
+    return backend
+
+
+def _special_token_roles(tokenizer: Tokenizer) -> dict[str, str]:
+    """bos/eos/unk entries of tokenizer_config.json: lmforge's one end-of-text token opens and ends texts."""
+    by_id = {token_id: token for token, token_id in tokenizer.special_tokens.items()}
+    eot = by_id[tokenizer.eot_id]
+    roles = {"bos_token": eot, "eos_token": eot}
+    if tokenizer.kind == "char":
+        from lmforge.tokenizer.char import UNK
+
+        roles["unk_token"] = UNK
+    return roles
+
+
+def _write_json(path: Path, data: dict) -> None:
+    path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")

@@ -22,8 +22,11 @@ from safetensors.torch import load_model, save_model
 
 from ..model.config import ModelConfig, config_from_dict, config_to_dict
 from ..model.gpt import GPT
+from ..model.hf import build_model, config_from_hf, is_hf_checkpoint, load_hf_model, read_hf_config
 
 STEP_DIR = re.compile(r"^step-(\d{6,})$")
+ADAPTER_CONFIG = "adapter_config.json"  # LoRA checkpoints: adapters only, plus where their base lives
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
 
 
 def _write_json(path: Path, data: dict) -> None:
@@ -130,6 +133,9 @@ def read_meta(ckpt_dir: str | Path) -> dict:
 
 
 def read_model_config(ckpt_dir: str | Path) -> ModelConfig:
+    """The architecture of an lmforge checkpoint, or of a Hugging Face model folder (translated)."""
+    if is_hf_checkpoint(ckpt_dir):
+        return config_from_hf(read_hf_config(ckpt_dir))
     return config_from_dict(json.loads((Path(ckpt_dir) / "config.json").read_text()))
 
 
@@ -141,9 +147,49 @@ def load_weights(model: GPT, ckpt_dir: str | Path) -> None:
 
 
 def load_model_from_checkpoint(ckpt_dir: str | Path, device: str | torch.device = "cpu") -> GPT:
+    """The model of an lmforge checkpoint or of a Hugging Face model folder (gpt2, llama, qwen2)."""
     ckpt_dir = Path(ckpt_dir)
+    # Checked first: an HF folder also holds model.safetensors and config.json, like ours.
+    if is_hf_checkpoint(ckpt_dir):
+        return load_hf_model(ckpt_dir).to(device)
     if not is_checkpoint(ckpt_dir):
-        raise ValueError(f"{ckpt_dir} is not an lmforge checkpoint (model.safetensors and config.json expected)")
-    model = GPT(read_model_config(ckpt_dir))
+        raise ValueError(f"{ckpt_dir} is not an lmforge checkpoint (model.safetensors and config.json expected) "
+                         "or a Hugging Face model folder (config.json with a model_type, and weights)")
+    if (ckpt_dir / ADAPTER_CONFIG).is_file():
+        return load_lora_checkpoint(ckpt_dir, merge=True).to(device)
+    model = build_model(read_model_config(ckpt_dir))
     load_weights(model, ckpt_dir)
     return model.to(device)
+
+
+def load_lora_checkpoint(ckpt_dir: str | Path, merge: bool = True) -> GPT:
+    """The base model named in adapter_config.json with the folder's LoRA adapters on top.
+
+    merge=True folds the adapters into the weights (a plain GPT, as fast as the base); a 4-bit
+    (qlora) base is dequantized first, so the merged model computes what the adapted one did.
+    merge=False keeps the LoRALinear layers (and a 4-bit base), e.g. to export a PEFT adapter.
+    """
+    import warnings
+
+    from safetensors.torch import load_file
+
+    from ..adapt.lora import LoRAConfig, apply_lora, load_lora_state_dict, merge_lora
+    from ..adapt.qlora import quantize_model
+
+    ckpt_dir = Path(ckpt_dir)
+    info = json.loads((ckpt_dir / ADAPTER_CONFIG).read_text())
+    base_dir = Path(info["base_model"])
+    if not base_dir.exists():
+        raise ValueError(f"{ckpt_dir}: the base model {base_dir} named in {ADAPTER_CONFIG} is missing; "
+                         "LoRA checkpoints hold only adapters and need their base")
+    model = load_model_from_checkpoint(base_dir)
+    if info.get("quantized"):
+        quantize_model(model, backend=info["quantized"])
+    lora = LoRAConfig.from_dict(info)
+    apply_lora(model, lora.targets, r=lora.r, alpha=lora.alpha, dropout=lora.dropout)
+    load_lora_state_dict(model, load_file(str(ckpt_dir / ADAPTER_WEIGHTS)))
+    if not merge:
+        return model
+    with warnings.catch_warnings():  # merging into a dequantized 4-bit base is exact here: nothing is re-quantized
+        warnings.simplefilter("ignore")
+        return merge_lora(model).eval()

@@ -14,6 +14,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..data.sft import packed_attention_mask, packed_positions
+
 IGNORE_INDEX = -100  # label of positions that do not count (padding, masked prompts)
 
 
@@ -24,5 +26,33 @@ def lm_loss_sum(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> tor
     return F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), ignore_index=IGNORE_INDEX, reduction="sum")
 
 
+def packed_lm_loss_sum(model: torch.nn.Module, x: torch.Tensor, segment_ids: torch.Tensor,
+                       y: torch.Tensor) -> torch.Tensor:
+    """Next-token loss on rows that pack several examples (segment_ids numbers them, 0 = padding).
+
+    Each token attends only to earlier tokens of its own example and positions restart at 0 with
+    every example, so a packed example gets exactly the logits it would get alone.
+    """
+    positions = packed_positions(segment_ids)
+    logits = model(x, positions, attn_mask=packed_attention_mask(segment_ids))
+    return F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), ignore_index=IGNORE_INDEX, reduction="sum")
+
+
 def count_targets(y: torch.Tensor) -> torch.Tensor:
     return (y != IGNORE_INDEX).sum()
+
+
+def classification_loss(class_weights: torch.Tensor | list[float] | None = None):
+    """Loss function for classification batches (x, last_index, label): summed cross-entropy over classes.
+
+    With class weights (for unequal classes) each example's loss is multiplied by its class's weight,
+    so a rare class counts as much in the gradient as a frequent one.
+    """
+    weights = None if class_weights is None else torch.as_tensor(class_weights, dtype=torch.float32)
+
+    def loss_sum(model: torch.nn.Module, x: torch.Tensor, last_index: torch.Tensor, label: torch.Tensor):
+        logits = model(x, last_index)  # (B, num_classes)
+        w = None if weights is None else weights.to(logits.device)
+        return F.cross_entropy(logits.float(), label, weight=w, reduction="sum")
+
+    return loss_sum

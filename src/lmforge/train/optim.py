@@ -42,15 +42,13 @@ def _bitsandbytes_adamw(groups: list[dict], cfg: TrainConfig, device: torch.devi
     """8-bit AdamW: both moments stored in 8 bits with blockwise scales (2 bytes/param instead of 8).
 
     The paged variant keeps its state in memory the GPU can page out to CPU RAM when it runs short
-    (the QLoRA paper's "paged optimizers"); paging needs CUDA unified memory.
+    (the QLoRA paper's "paged optimizers"); paging needs CUDA unified memory, and on CPU bitsandbytes
+    falls back to the unpaged optimizer with a warning.
     """
     try:
         import bitsandbytes as bnb
     except ImportError as exc:
         raise ImportError(f"train.optimizer={cfg.optimizer} needs bitsandbytes: pip install 'lmforge[quant]'") from exc
-    if cfg.optimizer == "paged_adamw8bit" and device.type != "cuda":
-        raise ValueError("train.optimizer: paged_adamw8bit pages optimizer state through CUDA unified memory and "
-                         "needs a CUDA device; use adamw8bit on CPU")
     cls = bnb.optim.PagedAdamW8bit if cfg.optimizer == "paged_adamw8bit" else bnb.optim.AdamW8bit
     return cls(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
 

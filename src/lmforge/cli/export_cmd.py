@@ -1,0 +1,97 @@
+"""The `lmforge export` verb: write a checkpoint as a Hugging Face model folder.
+
+    lmforge export CKPT --format hf --out DIR [--dtype float32|bfloat16|float16] [--force]
+
+DIR then holds config.json, generation_config.json and model.safetensors (see model/hf.py) plus
+tokenizer.json and tokenizer_config.json (see tokenizer/hf.py), so that
+`AutoModelForCausalLM.from_pretrained(DIR)` and `AutoTokenizer.from_pretrained(DIR)` load it, and
+so do lmforge's own commands (`lmforge generate DIR ...`). A chat_template.json stored with the
+checkpoint is copied along, so `lmforge chat DIR` keeps answering in the format it was tuned on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+from pathlib import Path
+
+DTYPES = ("float32", "bfloat16", "float16")
+
+HF_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json",
+                      "merges.txt", "tokenizer.model", "added_tokens.json", "chat_template.jinja")
+"""Tokenizer files of a Hugging Face folder; exporting such a folder copies them unchanged."""
+
+CHAT_TEMPLATE_FILE = "chat_template.json"
+
+
+def cmd_export(args: argparse.Namespace, overrides: list[str]) -> int:
+    if overrides:
+        raise ValueError(f"unrecognised arguments: {' '.join(overrides)}")
+    out_dir = export_hf(args.checkpoint, args.out, dtype=args.dtype, force=args.force)
+    files = ", ".join(sorted(path.name for path in out_dir.iterdir()))
+    print(f"exported {args.checkpoint} to {out_dir} ({files})")
+    return 0
+
+
+def export_hf(checkpoint: str | Path, out_dir: str | Path, dtype: str = "float32", force: bool = False) -> Path:
+    """Write the model, tokenizer and chat template of `checkpoint` as a Hugging Face folder `out_dir`."""
+    import torch
+
+    from ..model.hf import family_of, is_hf_checkpoint, save_hf_model
+    from ..train.checkpoint import load_model_from_checkpoint
+
+    checkpoint, out_dir = Path(checkpoint).expanduser(), Path(out_dir).expanduser()
+    _check_destination(checkpoint, out_dir, force)
+    model = load_model_from_checkpoint(checkpoint)
+    family_of(model.config)  # fails before anything is written when no HF family fits
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if is_hf_checkpoint(checkpoint):
+        bos, eos = _copy_hf_tokenizer(checkpoint, out_dir)
+    else:
+        bos = eos = _write_tokenizer(checkpoint, out_dir, model.config.block_size)
+    save_hf_model(model.to(getattr(torch, dtype)), out_dir, bos_token_id=bos, eos_token_id=eos)
+    if (checkpoint / CHAT_TEMPLATE_FILE).is_file():
+        shutil.copy2(checkpoint / CHAT_TEMPLATE_FILE, out_dir / CHAT_TEMPLATE_FILE)
+    return out_dir
+
+
+def _check_destination(checkpoint: Path, out_dir: Path, force: bool) -> None:
+    if out_dir.exists() and out_dir.resolve() == checkpoint.resolve():
+        raise ValueError("--out must be a new folder, not the checkpoint itself")
+    if out_dir.is_file() or (out_dir.is_dir() and any(out_dir.iterdir()) and not force):
+        # Files left from an earlier export (e.g. weight shards) would mix with the new ones.
+        raise ValueError(f"--out {out_dir} exists and is not an empty folder; choose another or pass --force")
+
+
+def _write_tokenizer(checkpoint: Path, out_dir: Path, block_size: int) -> int:
+    """Write the lmforge tokenizer of `checkpoint` as HF files; return its end-of-text id."""
+    from ..tokenizer import load_tokenizer
+    from ..tokenizer.hf import save_hf_tokenizer
+
+    tokenizer = load_tokenizer(checkpoint)
+    save_hf_tokenizer(tokenizer, out_dir, model_max_length=block_size)
+    return tokenizer.eot_id
+
+
+def _copy_hf_tokenizer(checkpoint: Path, out_dir: Path) -> tuple[int | None, int | None]:
+    """Copy an HF folder's tokenizer files as they are; return its configured bos and eos ids."""
+    from ..model.hf import read_hf_config
+
+    for name in HF_TOKENIZER_FILES:
+        if (checkpoint / name).is_file():
+            shutil.copy2(checkpoint / name, out_dir / name)
+    config = read_hf_config(checkpoint)
+    return config.get("bos_token_id"), config.get("eos_token_id")
+
+
+def register(sub) -> None:
+    """Add the `export` verb to the `lmforge` sub-command parser."""
+    p = sub.add_parser("export", help="write a checkpoint as a Hugging Face model folder (transformers loads it)")
+    p.add_argument("checkpoint", help="an lmforge checkpoint folder (e.g. runs/demo/best) or a Hugging Face folder")
+    p.add_argument("--format", choices=["hf"], default="hf",
+                   help="hf: config.json + model.safetensors + tokenizer.json, for transformers (default: hf)")
+    p.add_argument("--out", required=True, help="the folder to write (must be new or empty)")
+    p.add_argument("--dtype", choices=DTYPES, default="float32",
+                   help="precision of the written weights (default: float32; bfloat16 halves the size)")
+    p.add_argument("--force", action="store_true", help="write into a folder that already holds files")
+    p.set_defaults(func=cmd_export)

@@ -1,0 +1,188 @@
+"""Fine-tuning end to end: a pretrained checkpoint -> model surgery -> task data -> the training loop.
+
+The loop is the one pretraining uses (train/loop.py). Fine-tuning only chooses:
+  * the starting weights   -- model.init_from, an lmforge checkpoint or a Hugging Face folder;
+  * the surgery            -- LoRA adapters, a 4-bit NF4 base (QLoRA), or a classification head;
+  * the batches and loss   -- plain text (causal), masked conversations (instruct) or labelled text
+                              (classify);
+  * what a checkpoint keeps -- all weights, or only the LoRA adapters plus the base's location.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..adapt.heads import ClassifierModel, freeze_for_classification
+from ..adapt.lora import LoRAConfig, apply_lora
+from ..adapt.qlora import quantize_model
+from ..data.classify import ClassifyBatches, balance, class_weights, load_labelled, stratified_split
+from ..data.config import DataConfig
+from ..data.loader import TokenBatches
+from ..data.sft import (SFTBatches, drop_unfinished, load_sft_examples, preflight, split_examples,
+                        tokenize_conversation)
+from ..data.templates import TEMPLATES
+from ..ingest.config import IngestConfig
+from ..model.config import ModelConfig
+from ..tokenizer import load_tokenizer
+from ..utils.device import resolve_device, resolve_precision
+from . import checkpoint as ckpt
+from .config import TrainConfig
+from .finetune_config import FinetuneConfig
+from .loop import Trainer, TrainResult
+from .model_files import ClassifierFiles, LoRAFiles, with_chat_template
+from .objectives import classification_loss, lm_loss_sum, packed_lm_loss_sum
+from .pretrain import prepare_data
+
+
+@dataclass
+class TaskSetup:
+    """What a task hands the loop: the model to train, its batches, its loss and its checkpoint format."""
+
+    model: torch.nn.Module
+    train_batches: object
+    val_batches: object | None
+    loss_fn: object = lm_loss_sum
+    files: object = None
+    describe: str = ""
+
+
+def run_finetuning(model_cfg: ModelConfig, data_cfg: DataConfig, train_cfg: TrainConfig, ft: FinetuneConfig,
+                   ingest_cfg: IngestConfig | None = None, config_yaml: str | None = None
+                   ) -> tuple[TrainResult, TaskSetup]:
+    """Fine-tune and return the loop's result and the task's setup (its model and validation batches)."""
+    if not model_cfg.init_from:
+        raise ValueError("model.init_from: fine-tuning starts from pretrained weights; set it to an lmforge "
+                         "checkpoint folder or a Hugging Face model folder")
+    random.seed(train_cfg.seed)
+    torch.manual_seed(train_cfg.seed)
+    device = resolve_device(train_cfg.device)
+    base_dir = Path(model_cfg.init_from).expanduser().resolve()
+    model = ckpt.load_model_from_checkpoint(base_dir)
+    tokenizer = load_tokenizer(base_dir)
+    setup = TASKS[ft.task](model, tokenizer, base_dir, data_cfg, train_cfg, ft, ingest_cfg)
+    if ft.method != "full":
+        setup = _with_lora(setup, base_dir, ft)
+    precision = resolve_precision(train_cfg.precision, device, model.num_params())
+    run_dir = Path(train_cfg.out_dir).expanduser()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if config_yaml is not None:
+        (run_dir / "config.yaml").write_text(config_yaml)
+    print(f"fine-tuning {base_dir}: task {ft.task}, method {ft.method}; {setup.describe}")
+    print(f"trainable: {_trainable_share(setup.model)}; device {device}, precision {precision}")
+    trainer = Trainer(setup.model, tokenizer, setup.train_batches, setup.val_batches, train_cfg, run_dir, device,
+                      precision, setup.loss_fn, setup.files)
+    return trainer.fit(), setup
+
+
+def _trainable_share(model: torch.nn.Module) -> str:
+    params = {id(p): p for p in model.parameters()}.values()  # tied weights once
+    total = sum(p.numel() for p in params)
+    trainable = sum(p.numel() for p in params if p.requires_grad)
+    return f"{trainable:,} of {total:,} parameters ({100 * trainable / max(total, 1):.2f}%)"
+
+
+# ---- tasks --------------------------------------------------------------------------------------------
+def _causal(model, tokenizer, base_dir, data_cfg, train_cfg, ft, ingest_cfg) -> TaskSetup:
+    """More plain text, read with the base model's tokenizer; every token is a target."""
+    data_dir = prepare_data(data_cfg, ingest_cfg, tokenizer_spec=str(base_dir))
+    block = model.config.block_size
+    train = TokenBatches(data_dir, "train", block, train_cfg.batch_size, seed=train_cfg.seed)
+    has_val = (Path(data_dir) / "val.bin").stat().st_size > 0
+    val = TokenBatches(data_dir, "val", block, train_cfg.batch_size, seed=train_cfg.seed) if has_val else None
+    return TaskSetup(model, train, val, files=ckpt.FullWeights(), describe=f"text from {data_dir}")
+
+
+def _instruct(model, tokenizer, base_dir, data_cfg, train_cfg, ft, ingest_cfg) -> TaskSetup:
+    """Conversations in a template; only the assistant's turns (and their end token) are targets."""
+    settings = ft.instruct
+    path = _single_data_file(data_cfg, "instruction examples (JSON or JSONL)")
+    if settings.template not in TEMPLATES:
+        raise ValueError(f"finetune.instruct.template: unknown {settings.template!r}; choose {', '.join(TEMPLATES)}")
+    template = TEMPLATES[settings.template]
+    conversations = load_sft_examples(path, settings.format)
+    max_length = model.config.block_size + 1  # a row of block_size inputs predicts block_size targets
+    examples = [tokenize_conversation(c, tokenizer, template, settings.mask_prompt, max_length)
+                for c in conversations]
+    examples = _drop_cut_answers(examples, tokenizer.eot_id, settings.max_truncated, max_length)
+    print(f"pre-flight: {preflight(examples, tokenizer, max_length, settings.max_truncated)}")
+    train_ex, val_ex = split_examples(examples, settings.val_fraction, train_cfg.seed)
+    pad = tokenizer.eot_id
+    train = SFTBatches(train_ex, train_cfg.batch_size, train_cfg.seed, pad, pack=settings.pack,
+                       block_size=model.config.block_size)
+    val = SFTBatches(val_ex, train_cfg.batch_size, train_cfg.seed, pad) if val_ex else None
+    files = with_chat_template(ckpt.FullWeights(), template)
+    return TaskSetup(model, train, val, loss_fn=packed_lm_loss_sum if settings.pack else lm_loss_sum, files=files,
+                     describe=f"{len(train_ex):,} train / {len(val_ex):,} val conversations, template {template.name}")
+
+
+def _drop_cut_answers(examples: list, eot_id: int, max_share: float, max_length: int) -> list:
+    """Leave out examples whose answer block_size cut before its end token -- unless there are too many."""
+    kept = drop_unfinished(examples, eot_id)
+    dropped = len(examples) - len(kept)
+    if dropped > max_share * len(examples):
+        raise ValueError(f"{dropped} of {len(examples)} examples lose the end of their answer at {max_length} "
+                         f"tokens (more than finetune.instruct.max_truncated = {max_share:.0%}); use a model "
+                         "with a longer context, shorter examples, or raise max_truncated")
+    if dropped:
+        print(f"pre-flight: left out {dropped} of {len(examples)} examples cut before the end of their answer "
+              f"at {max_length} tokens")
+    return kept
+
+
+def _classify(model, tokenizer, base_dir, data_cfg, train_cfg, ft, ingest_cfg) -> TaskSetup:
+    """Labelled texts; a new head reads the last real token; the loss is cross-entropy over classes."""
+    settings = ft.classify
+    path = _single_data_file(data_cfg, "labelled texts (CSV, TSV or JSONL)")
+    texts, labels, classes = load_labelled(path, settings.text_field, settings.label_field)
+    label_ids = [classes.index(label) for label in labels]
+    max_length = min(settings.max_length or model.config.block_size, model.config.block_size)
+    tokens = [tokenizer.encode(text)[:max_length] or [tokenizer.eot_id] for text in texts]
+    train_idx, val_idx = stratified_split(len(texts), label_ids, settings.val_fraction, train_cfg.seed)
+    if settings.balance == "downsample":
+        train_idx = balance(train_idx, label_ids, "downsample", seed=train_cfg.seed)
+    weights = class_weights([label_ids[i] for i in train_idx], len(classes)) if settings.balance == "weighted" else None
+
+    def batches(indices, seed):
+        return ClassifyBatches([tokens[i] for i in indices], [label_ids[i] for i in indices],
+                               train_cfg.batch_size, seed, tokenizer.eot_id, max_length)
+
+    classifier = ClassifierModel(model, len(classes))
+    freeze_for_classification(classifier, settings.trainable if not settings.trainable.isdigit()
+                              else int(settings.trainable))
+    counts = {c: sum(1 for i in train_idx if label_ids[i] == k) for k, c in enumerate(classes)}
+    return TaskSetup(classifier, batches(train_idx, train_cfg.seed), batches(val_idx, train_cfg.seed) if val_idx else None,
+                     loss_fn=classification_loss(weights), files=ClassifierFiles(classes),
+                     describe=f"{len(train_idx):,} train / {len(val_idx):,} val texts, classes {counts}")
+
+
+TASKS = {"causal": _causal, "instruct": _instruct, "classify": _classify}
+
+
+def _single_data_file(data_cfg: DataConfig, what: str) -> Path:
+    if not data_cfg.path or len(data_cfg.path) != 1:
+        raise ValueError(f"data.path: give one file of {what}")
+    path = Path(data_cfg.path[0]).expanduser()
+    if not path.is_file():
+        raise ValueError(f"data.path: {path} is not a file")
+    return path
+
+
+def _with_lora(setup: TaskSetup, base_dir: Path, ft: FinetuneConfig) -> TaskSetup:
+    """Freeze the base (in 4-bit NF4 for qlora) and wrap the target layers with trainable adapters."""
+    backend = None
+    if ft.method == "qlora":
+        quant = quantize_model(setup.model, backend=ft.quant_backend)
+        backend = quant.backend
+        print(f"qlora: {quant}")
+    lora_cfg = LoRAConfig(r=ft.lora.r, alpha=ft.lora.alpha, dropout=ft.lora.dropout, targets=list(ft.lora.targets))
+    report = apply_lora(setup.model, lora_cfg.targets, r=lora_cfg.r, alpha=lora_cfg.alpha, dropout=lora_cfg.dropout)
+    print(f"lora: {report}")
+    inner = setup.files
+    template = getattr(inner, "template", None)
+    files = LoRAFiles(base_dir, lora_cfg, quant_backend=backend)
+    setup.files = with_chat_template(files, template) if template is not None else files
+    return setup
