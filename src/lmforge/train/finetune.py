@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from ..adapt.heads import ClassifierModel, freeze_for_classification
-from ..adapt.lora import LoRAConfig, apply_lora
+from ..adapt.lora import TARGET_PATHS, LoRAConfig, apply_lora, count_params
 from ..adapt.qlora import quantize_model
 from ..data.classify import ClassifyBatches, balance, class_weights, load_labelled, stratified_split
 from ..data.config import DataConfig
@@ -34,7 +34,7 @@ from .config import TrainConfig
 from .finetune_config import FinetuneConfig
 from .loop import Trainer, TrainResult
 from .model_files import ClassifierFiles, LoRAFiles, with_chat_template
-from .objectives import classification_loss, lm_loss_sum, packed_lm_loss_sum
+from .objectives import classification_loss, lm_loss_sum
 from .pretrain import prepare_data
 
 
@@ -72,17 +72,10 @@ def run_finetuning(model_cfg: ModelConfig, data_cfg: DataConfig, train_cfg: Trai
     if config_yaml is not None:
         (run_dir / "config.yaml").write_text(config_yaml)
     print(f"fine-tuning {base_dir}: task {ft.task}, method {ft.method}; {setup.describe}")
-    print(f"trainable: {_trainable_share(setup.model)}; device {device}, precision {precision}")
+    print(f"{count_params(setup.model)}; device {device}, precision {precision}")
     trainer = Trainer(setup.model, tokenizer, setup.train_batches, setup.val_batches, train_cfg, run_dir, device,
                       precision, setup.loss_fn, setup.files)
     return trainer.fit(), setup
-
-
-def _trainable_share(model: torch.nn.Module) -> str:
-    params = {id(p): p for p in model.parameters()}.values()  # tied weights once
-    total = sum(p.numel() for p in params)
-    trainable = sum(p.numel() for p in params if p.requires_grad)
-    return f"{trainable:,} of {total:,} parameters ({100 * trainable / max(total, 1):.2f}%)"
 
 
 # ---- tasks --------------------------------------------------------------------------------------------
@@ -115,13 +108,16 @@ def _instruct(model, tokenizer, base_dir, data_cfg, train_cfg, ft, ingest_cfg) -
                        block_size=model.config.block_size)
     val = SFTBatches(val_ex, train_cfg.batch_size, train_cfg.seed, pad) if val_ex else None
     files = with_chat_template(ckpt.FullWeights(), template)
-    return TaskSetup(model, train, val, loss_fn=packed_lm_loss_sum if settings.pack else lm_loss_sum, files=files,
+    return TaskSetup(model, train, val, files=files,
                      describe=f"{len(train_ex):,} train / {len(val_ex):,} val conversations, template {template.name}")
 
 
 def _drop_cut_answers(examples: list, eot_id: int, max_share: float, max_length: int) -> list:
     """Leave out examples whose answer block_size cut before its end token -- unless there are too many."""
-    kept = drop_unfinished(examples, eot_id)
+    finished = {id(example) for example in drop_unfinished(examples, eot_id)}
+    # Only truncation is forgiven here; an untruncated example without its end token is a broken
+    # dataset, which the pre-flight check reports.
+    kept = [example for example in examples if id(example) in finished or not example.truncated]
     dropped = len(examples) - len(kept)
     if dropped > max_share * len(examples):
         raise ValueError(f"{dropped} of {len(examples)} examples lose the end of their answer at {max_length} "
@@ -171,6 +167,15 @@ def _single_data_file(data_cfg: DataConfig, what: str) -> Path:
     return path
 
 
+def _expand_targets(model: torch.nn.Module, targets: list[str]) -> list[str]:
+    """"all" means every linear layer of the blocks this architecture has (gate only in SwiGLU MLPs)."""
+    if "all" not in targets:
+        return list(targets)
+    present = [t for t in ("q", "k", "v", "o", "gate", "up", "down")
+               if any(name.endswith(f".{TARGET_PATHS[t]}") for name, _ in model.named_modules())]
+    return present + [t for t in targets if t not in present and t != "all"]
+
+
 def _with_lora(setup: TaskSetup, base_dir: Path, ft: FinetuneConfig) -> TaskSetup:
     """Freeze the base (in 4-bit NF4 for qlora) and wrap the target layers with trainable adapters."""
     backend = None
@@ -178,7 +183,8 @@ def _with_lora(setup: TaskSetup, base_dir: Path, ft: FinetuneConfig) -> TaskSetu
         quant = quantize_model(setup.model, backend=ft.quant_backend)
         backend = quant.backend
         print(f"qlora: {quant}")
-    lora_cfg = LoRAConfig(r=ft.lora.r, alpha=ft.lora.alpha, dropout=ft.lora.dropout, targets=list(ft.lora.targets))
+    lora_cfg = LoRAConfig(r=ft.lora.r, alpha=ft.lora.alpha, dropout=ft.lora.dropout,
+                          targets=_expand_targets(setup.model, ft.lora.targets))
     report = apply_lora(setup.model, lora_cfg.targets, r=lora_cfg.r, alpha=lora_cfg.alpha, dropout=lora_cfg.dropout)
     print(f"lora: {report}")
     inner = setup.files

@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-LORA_TARGETS = ("q", "k", "v", "o", "gate", "up", "down", "lm_head")
+LORA_TARGETS = ("q", "k", "v", "o", "gate", "up", "down", "lm_head", "all")
 
 
 @dataclass
@@ -27,7 +27,7 @@ class LoRASettings:
     alpha: float = field(default=16.0, metadata={"help": "scale; the update is multiplied by alpha / r"})
     dropout: float = field(default=0.05, metadata={"help": "dropout on the adapter's input"})
     targets: list[str] = field(default_factory=lambda: ["q", "v"], metadata={
-        "help": "layers that get adapters: q k v o gate up down lm_head"})
+        "help": "layers that get adapters: q k v o gate up down lm_head, or all (every linear layer in the blocks)"})
 
     def validate(self) -> None:
         if self.r < 1:

@@ -19,8 +19,14 @@ from ..data.sft import packed_attention_mask, packed_positions
 IGNORE_INDEX = -100  # label of positions that do not count (padding, masked prompts)
 
 
-def lm_loss_sum(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Next-token prediction: cross-entropy of the logits at each position against the next token."""
+def lm_loss_sum(model: torch.nn.Module, x: torch.Tensor, *rest: torch.Tensor) -> torch.Tensor:
+    """Next-token prediction: cross-entropy of the logits at each position against the next token.
+
+    rest is (y,) for ordinary batches, or (segment_ids, y) for rows packing several examples.
+    """
+    if len(rest) == 2:
+        return packed_lm_loss_sum(model, x, *rest)
+    (y,) = rest
     logits = model(x)  # (B, T, V)
     # The loss is computed in fp32 even under autocast: log-softmax over a large vocabulary loses precision in bf16.
     return F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), ignore_index=IGNORE_INDEX, reduction="sum")
