@@ -1,6 +1,7 @@
 """The `lmforge export` verb: write a checkpoint as a Hugging Face model folder.
 
     lmforge export CKPT --format hf --out DIR [--dtype float32|bfloat16|float16] [--force]
+    lmforge export LORA_CKPT --format peft --out DIR     (adapter_config.json + adapter_model.safetensors)
 
 DIR then holds config.json, generation_config.json and model.safetensors (see model/hf.py) plus
 tokenizer.json and tokenizer_config.json (see tokenizer/hf.py), so that
@@ -27,7 +28,10 @@ CHAT_TEMPLATE_FILE = "chat_template.json"
 def cmd_export(args: argparse.Namespace, overrides: list[str]) -> int:
     if overrides:
         raise ValueError(f"unrecognised arguments: {' '.join(overrides)}")
-    out_dir = export_hf(args.checkpoint, args.out, dtype=args.dtype, force=args.force)
+    if args.format == "peft":
+        out_dir = export_peft(args.checkpoint, args.out, force=args.force)
+    else:
+        out_dir = export_hf(args.checkpoint, args.out, dtype=args.dtype, force=args.force)
     files = ", ".join(sorted(path.name for path in out_dir.iterdir()))
     print(f"exported {args.checkpoint} to {out_dir} ({files})")
     return 0
@@ -53,6 +57,37 @@ def export_hf(checkpoint: str | Path, out_dir: str | Path, dtype: str = "float32
     if (checkpoint / CHAT_TEMPLATE_FILE).is_file():
         shutil.copy2(checkpoint / CHAT_TEMPLATE_FILE, out_dir / CHAT_TEMPLATE_FILE)
     return out_dir
+
+
+def export_peft(checkpoint: str | Path, out_dir: str | Path, force: bool = False) -> Path:
+    """Write a LoRA checkpoint's adapters in PEFT format, next to (or pointing at) an HF copy of its base.
+
+    The base named in the checkpoint's adapter_config.json is used as it is when it is already a
+    Hugging Face folder; an lmforge base is exported to OUT/base first. Then
+    `PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), OUT)` rebuilds the model.
+    """
+    import json
+    import warnings
+
+    from ..adapt.peft_format import save_peft_adapter
+    from ..model.hf import is_hf_checkpoint
+    from ..train.checkpoint import ADAPTER_CONFIG, load_lora_checkpoint
+
+    checkpoint, out_dir = Path(checkpoint).expanduser(), Path(out_dir).expanduser()
+    if not (checkpoint / ADAPTER_CONFIG).is_file():
+        raise ValueError(f"--format peft: {checkpoint} is not a LoRA checkpoint (no {ADAPTER_CONFIG}); "
+                         "use --format hf for full weights")
+    _check_destination(checkpoint, out_dir, force)
+    info = json.loads((checkpoint / ADAPTER_CONFIG).read_text())
+    if info.get("quantized"):
+        warnings.warn("these adapters were trained on a 4-bit NF4 base; on the full-precision base PEFT loads "
+                      "they give slightly different logits (export --format hf merges into the dequantized "
+                      "base instead, which is exact)", stacklevel=2)
+    model = load_lora_checkpoint(checkpoint, merge=False)
+    base = Path(info["base_model"])
+    if not is_hf_checkpoint(base):
+        base = export_hf(base, out_dir / "base", force=force).resolve()
+    return save_peft_adapter(model, out_dir, base)
 
 
 def _check_destination(checkpoint: Path, out_dir: Path, force: bool) -> None:
@@ -88,8 +123,9 @@ def register(sub) -> None:
     """Add the `export` verb to the `lmforge` sub-command parser."""
     p = sub.add_parser("export", help="write a checkpoint as a Hugging Face model folder (transformers loads it)")
     p.add_argument("checkpoint", help="an lmforge checkpoint folder (e.g. runs/demo/best) or a Hugging Face folder")
-    p.add_argument("--format", choices=["hf"], default="hf",
-                   help="hf: config.json + model.safetensors + tokenizer.json, for transformers (default: hf)")
+    p.add_argument("--format", choices=["hf", "peft"], default="hf",
+                   help="hf: config.json + model.safetensors + tokenizer.json, for transformers (default; LoRA "
+                        "checkpoints are merged); peft: a LoRA checkpoint's adapters for the peft library")
     p.add_argument("--out", required=True, help="the folder to write (must be new or empty)")
     p.add_argument("--dtype", choices=DTYPES, default="float32",
                    help="precision of the written weights (default: float32; bfloat16 halves the size)")
