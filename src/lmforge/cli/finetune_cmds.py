@@ -27,7 +27,7 @@ def cmd_finetune(args: argparse.Namespace, overrides: list[str]) -> int:
     if cfg.finetune.task == "classify":
         _classification_report(result.run_dir, setup)
     else:
-        _print_summary(result, cfg.train.sample_prompt)
+        _print_summary(result, setup.sample_prompt)
     if result.stop_reason.startswith("diverged"):
         return EXIT_FAILED
     return EXIT_INTERRUPTED if result.stop_reason.startswith("interrupted") else 0
@@ -69,7 +69,8 @@ def cmd_classify(args: argparse.Namespace, overrides: list[str]) -> int:
 
 
 def cmd_inspect_sft(args: argparse.Namespace, overrides: list[str]) -> int:
-    from ..data.sft import load_sft_examples, preflight, render_inspection, tokenize_conversation
+    from ..data.sft import (drop_truncated_answers, load_sft_examples, preflight, render_inspection,
+                            tokenize_conversation)
     from ..data.templates import TEMPLATES
     from ..tokenizer import load_tokenizer
     from ..tokenizer.factory import build_tokenizer
@@ -85,9 +86,15 @@ def cmd_inspect_sft(args: argparse.Namespace, overrides: list[str]) -> int:
     conversations = load_sft_examples(Path(args.sources[0]), args.format)
     examples = [tokenize_conversation(c, tokenizer, TEMPLATES[args.template], True, args.max_length)
                 for c in conversations]
+    if not 0 <= args.example < len(examples):
+        raise ValueError(f"--example: the file has {len(examples)} examples (0..{len(examples) - 1})")
     print(render_inspection(examples[args.example], tokenizer))
     print()
-    print(f"pre-flight: {preflight(examples, tokenizer, args.max_length, args.max_truncated)}")
+    kept = drop_truncated_answers(examples, tokenizer.eot_id, args.max_truncated, args.max_length)
+    if len(kept) < len(examples):
+        print(f"pre-flight: {len(examples) - len(kept)} examples cut before the end of their answer at "
+              f"{args.max_length} tokens would be left out")
+    print(f"pre-flight: {preflight(kept, tokenizer, args.max_length, args.max_truncated)}")
     return 0
 
 

@@ -270,6 +270,24 @@ TRAINED_MARKERS = ("[[", "]]")
 ANSI_MARKERS = ("\x1b[32m", "\x1b[0m")  # green, then back to normal
 
 
+def drop_truncated_answers(examples: Sequence[SFTExample], eot_id: int, max_share: float,
+                           max_length: int) -> list[SFTExample]:
+    """Leave out examples whose answer truncation cut before its end token -- unless there are too many.
+
+    Only truncation is forgiven: an untruncated example without its end token is a broken dataset,
+    which `preflight` reports. More than `max_share` of examples cut is an error too: the context is
+    too short for this data.
+    """
+    finished = {id(example) for example in drop_unfinished(examples, eot_id)}
+    kept = [example for example in examples if id(example) in finished or not example.truncated]
+    dropped = len(examples) - len(kept)
+    if dropped > max_share * len(examples):
+        raise ValueError(f"{dropped} of {len(examples)} examples lose the end of their answer at {max_length} "
+                         f"tokens (more than the {max_share:.0%} allowed); use a model with a longer context, "
+                         "shorter examples, or allow more (finetune.instruct.max_truncated)")
+    return kept
+
+
 def render_inspection(example: SFTExample, tokenizer: Tokenizer, color: bool = False) -> str:
     """The example's text with every trained (supervised) stretch marked: [[like this]], or green with color=True."""
     start, end = ANSI_MARKERS if color else TRAINED_MARKERS

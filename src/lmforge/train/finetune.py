@@ -11,7 +11,7 @@ The loop is the one pretraining uses (train/loop.py). Fine-tuning only chooses:
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -22,9 +22,9 @@ from ..adapt.qlora import quantize_model
 from ..data.classify import ClassifyBatches, balance, class_weights, load_labelled, stratified_split
 from ..data.config import DataConfig
 from ..data.loader import TokenBatches
-from ..data.sft import (SFTBatches, drop_unfinished, load_sft_examples, preflight, split_examples,
+from ..data.sft import (SFTBatches, drop_truncated_answers, load_sft_examples, preflight, split_examples,
                         tokenize_conversation)
-from ..data.templates import TEMPLATES
+from ..data.templates import TEMPLATES, render
 from ..ingest.config import IngestConfig
 from ..model.config import ModelConfig
 from ..tokenizer import load_tokenizer
@@ -48,6 +48,7 @@ class TaskSetup:
     loss_fn: object = lm_loss_sum
     files: object = None
     describe: str = ""
+    sample_prompt: str | None = None  # what samples start from, when the task has a better idea than ""
 
 
 def run_finetuning(model_cfg: ModelConfig, data_cfg: DataConfig, train_cfg: TrainConfig, ft: FinetuneConfig,
@@ -66,6 +67,11 @@ def run_finetuning(model_cfg: ModelConfig, data_cfg: DataConfig, train_cfg: Trai
     setup = TASKS[ft.task](model, tokenizer, base_dir, data_cfg, train_cfg, ft, ingest_cfg)
     if ft.method != "full":
         setup = _with_lora(setup, base_dir, ft)
+    if setup.sample_prompt is not None and not train_cfg.sample_prompt:
+        train_cfg = replace(train_cfg, sample_prompt=setup.sample_prompt)  # e.g. a question in the chat template
+    if ft.task == "classify":
+        train_cfg = replace(train_cfg, sample_prompt="", sample_interval=0)  # a classifier does not write text
+    setup.sample_prompt = train_cfg.sample_prompt
     precision = resolve_precision(train_cfg.precision, device, model.num_params())
     run_dir = Path(train_cfg.out_dir).expanduser()
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -108,24 +114,16 @@ def _instruct(model, tokenizer, base_dir, data_cfg, train_cfg, ft, ingest_cfg) -
                        block_size=model.config.block_size)
     val = SFTBatches(val_ex, train_cfg.batch_size, train_cfg.seed, pad) if val_ex else None
     files = with_chat_template(ckpt.FullWeights(), template)
-    return TaskSetup(model, train, val, files=files,
+    probe = render([{"role": "user", "content": "Give three tips for staying healthy."}], template)
+    return TaskSetup(model, train, val, files=files, sample_prompt=probe,
                      describe=f"{len(train_ex):,} train / {len(val_ex):,} val conversations, template {template.name}")
 
 
 def _drop_cut_answers(examples: list, eot_id: int, max_share: float, max_length: int) -> list:
-    """Leave out examples whose answer block_size cut before its end token -- unless there are too many."""
-    finished = {id(example) for example in drop_unfinished(examples, eot_id)}
-    # Only truncation is forgiven here; an untruncated example without its end token is a broken
-    # dataset, which the pre-flight check reports.
-    kept = [example for example in examples if id(example) in finished or not example.truncated]
-    dropped = len(examples) - len(kept)
-    if dropped > max_share * len(examples):
-        raise ValueError(f"{dropped} of {len(examples)} examples lose the end of their answer at {max_length} "
-                         f"tokens (more than finetune.instruct.max_truncated = {max_share:.0%}); use a model "
-                         "with a longer context, shorter examples, or raise max_truncated")
-    if dropped:
-        print(f"pre-flight: left out {dropped} of {len(examples)} examples cut before the end of their answer "
-              f"at {max_length} tokens")
+    kept = drop_truncated_answers(examples, eot_id, max_share, max_length)
+    if len(kept) < len(examples):
+        print(f"pre-flight: left out {len(examples) - len(kept)} of {len(examples)} examples cut before the end "
+              f"of their answer at {max_length} tokens")
     return kept
 
 
