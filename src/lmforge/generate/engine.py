@@ -79,7 +79,9 @@ def generate_tokens(model: GPT, prompts: list[list[int]], params: SamplingParams
     was_training = model.training
     model.eval()
     try:
-        logits = _forward(model, tokens, is_real, caches, n_new=tokens.size(1))  # prefill
+        # Padding only ever sits at the start of the prompts: when there is none, nothing needs masking.
+        padded = not bool(is_real.all())
+        logits = _forward(model, tokens, is_real, caches, tokens.size(1), padded)  # prefill
         for step in range(params.max_new_tokens):
             next_ids = _sample_rows(logits, params, generators, tokens, is_real)  # (B,)
             yield next_ids.tolist()
@@ -93,17 +95,22 @@ def generate_tokens(model: GPT, prompts: list[list[int]], params: SamplingParams
                 start = tokens.size(1) - n_new
                 for cache in caches:
                     cache.clear()
-            logits = _forward(model, tokens[:, start:], is_real[:, start:], caches, n_new)
+            logits = _forward(model, tokens[:, start:], is_real[:, start:], caches, n_new,
+                              padded and not bool(is_real[:, start:].all()))
     finally:
         model.train(was_training)
 
 
 def _forward(model: GPT, window: torch.Tensor, is_real: torch.Tensor, caches: list[KVCache],
-             n_new: int) -> torch.Tensor:
+             n_new: int, padded: bool) -> torch.Tensor:
     """Feed the window's last n_new tokens (the earlier ones are in the caches); next-token logits (B, V)."""
-    # Padding gets position 0; a row's real tokens count 0, 1, 2, ... from its first one.
-    positions = (is_real.cumsum(dim=-1) - 1).clamp(min=0)  # (B, S)
-    return model(window[:, -n_new:], positions[:, -n_new:], caches, attn_mask=is_real)[:, -1]
+    positions = attn_mask = None  # no padding: positions follow the cache, attention needs no padding mask
+    if padded:
+        # Padding gets position 0; a row's real tokens count 0, 1, 2, ... from its first one.
+        positions = (is_real.cumsum(dim=-1) - 1).clamp(min=0)[:, -n_new:]  # (B, n_new)
+        attn_mask = is_real
+    hidden = model.hidden_states(window[:, -n_new:], positions, caches, attn_mask)  # (B, n_new, C)
+    return model.lm_head(hidden[:, -1])  # only the last position's logits are needed
 
 
 def _sample_rows(logits: torch.Tensor, params: SamplingParams, generators: list[torch.Generator | None],

@@ -54,7 +54,8 @@ class CausalSelfAttention(nn.Module):
 
         Training passes no cache and no mask: plain causal attention over x's own T positions.
         With a cache, the new keys/values are appended to it and the queries attend to all S cached
-        positions, so a mask from `attention_mask` is needed to say which ones each query may see.
+        positions, so a mask from `attention_mask` says which ones each query may see -- except for a
+        single new query without padding (decoding), which sees them all and needs none.
         """
         B, T, C = x.shape
         q = self.q(x).view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, H, T, D)
@@ -71,7 +72,8 @@ class CausalSelfAttention(nn.Module):
             k = k.repeat_interleave(repeats, dim=1)  # (B, H, S, D)
             v = v.repeat_interleave(repeats, dim=1)
         # SDPA picks a fused kernel (flash / memory-efficient on GPU, a tiled one on CPU).
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None,
+        # Without a mask: causal over T > 1 positions; a single query (decoding) sees every key.
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None and T > 1,
                                            dropout_p=self.dropout if self.training else 0.0)  # (B, H, T, D)
         y = y.transpose(1, 2).reshape(B, T, C)
         return self.resid_dropout(self.o(y))

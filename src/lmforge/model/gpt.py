@@ -112,7 +112,9 @@ class GPT(nn.Module):
         # Training (no cache, no padding) lets attention use its built-in causal mask: no extra work.
         if attn_mask is not None and attn_mask.dim() == 4:
             mask = attn_mask  # a complete (B, 1, T, S) mask, e.g. block-diagonal for packed examples
-        elif cache is None and attn_mask is None:
+        elif attn_mask is None and (past == 0 or T == 1):
+            # No padding and either nothing cached (plain causal attention over x) or a single new
+            # token (it may see every cached position): attention needs no mask, which is faster.
             mask = None
         else:
             mask = attention_mask(T, past + T, attn_mask, idx.device)
