@@ -204,3 +204,13 @@ def test_classification_learns_a_separable_task_and_reports_metrics(tmp_path, ba
     assert report["accuracy"] >= 0.95 and report["per_class"]["spam"]["f1"] >= 0.9
     probs = predict(model, tokenizer, ["win cash prize 7", "see you at home 3"])
     assert probs[0][1] > 0.5 > probs[1][1]
+
+
+def test_dropout_is_a_choice_of_the_fine_tuning_run(base):
+    cfg = load_run_config(None, [f"--model.init_from={base}", "--model.dropout=0.1", "--model.n_layer=9"])
+    assert cfg.model.dropout == 0.1
+    assert cfg.model.n_layer == 2  # architecture comes from the checkpoint
+    model = load_model_from_checkpoint(base)
+    model.set_dropout(cfg.model.dropout)
+    rates = [m.p for m in model.modules() if isinstance(m, torch.nn.Dropout)]
+    assert rates and all(p == 0.1 for p in rates) and model.blocks[0].attn.dropout == 0.1

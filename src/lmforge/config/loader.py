@@ -117,11 +117,18 @@ def _convert(value: Any, tp: Any, path: str) -> Any:
 
 def _convert_optional(value: Any, tp: Any, path: str) -> Any:
     inner = [arg for arg in get_args(tp) if arg is not type(None)]
-    if len(inner) != 1:
-        raise TypeError(f"{path}: only 'X | None' unions are supported, got {tp!r}")
-    if value is None or (isinstance(value, str) and value.strip().lower() in _NULL_WORDS):
+    if type(None) in get_args(tp) and (value is None or (isinstance(value, str)
+                                                         and value.strip().lower() in _NULL_WORDS)):
         return None
-    return _convert(value, inner[0], path)
+    if len(inner) == 1:
+        return _convert(value, inner[0], path)
+    problems = []
+    for option in inner:  # e.g. Literal["none", "all"] | int: the first type that accepts the value wins
+        try:
+            return _convert(value, option, path)
+        except ConfigError as exc:
+            problems.append(str(exc).removeprefix(f"{path}: "))
+    raise _error(path, " or ".join(problems))
 
 
 def _convert_literal(value: Any, choices: tuple, path: str) -> Any:

@@ -101,7 +101,9 @@ def resolve_init_from(raw: dict) -> dict:
             saved = config_to_dict(config_from_hf(saved))
         except ValueError as exc:
             raise ConfigError(f"model.init_from: {init_from}: {exc}") from None
-    return {**raw, "model": {**saved, "init_from": init_from, "preset": None}}
+    # Dropout is a training choice, not architecture: a value given for this run wins over the saved one.
+    chosen = {key: raw["model"][key] for key in ("dropout",) if key in raw["model"]}
+    return {**raw, "model": {**saved, **chosen, "init_from": init_from, "preset": None}}
 
 
 def render_config(cfg: RunConfig, header: str | None = None) -> str:

@@ -67,6 +67,15 @@ class GPT(nn.Module):
         if isinstance(module, nn.Linear) and module.bias is not None:
             nn.init.zeros_(module.bias)
 
+    def set_dropout(self, p: float) -> None:
+        """Change the dropout probability everywhere (e.g. for fine-tuning a model saved without dropout)."""
+        self.config.dropout = p
+        for module in self.modules():
+            if isinstance(module, nn.Dropout):
+                module.p = p
+            elif isinstance(module, CausalSelfAttention):
+                module.dropout = p  # passed to SDPA as dropout_p
+
     def num_params(self, exclude_embeddings: bool = False) -> int:
         """Parameter count (tied weights counted once); optionally only the non-embedding part.
 

@@ -63,6 +63,7 @@ def run_finetuning(model_cfg: ModelConfig, data_cfg: DataConfig, train_cfg: Trai
     device = resolve_device(train_cfg.device)
     base_dir = Path(model_cfg.init_from).expanduser().resolve()
     model = ckpt.load_model_from_checkpoint(base_dir)
+    model.set_dropout(model_cfg.dropout)
     tokenizer = load_tokenizer(base_dir)
     setup = TASKS[ft.task](model, tokenizer, base_dir, data_cfg, train_cfg, ft, ingest_cfg)
     if ft.method != "full":
@@ -145,8 +146,7 @@ def _classify(model, tokenizer, base_dir, data_cfg, train_cfg, ft, ingest_cfg) -
                                train_cfg.batch_size, seed, tokenizer.eot_id, max_length)
 
     classifier = ClassifierModel(model, len(classes))
-    freeze_for_classification(classifier, settings.trainable if not settings.trainable.isdigit()
-                              else int(settings.trainable))
+    freeze_for_classification(classifier, settings.trainable)
     counts = {c: sum(1 for i in train_idx if label_ids[i] == k) for k, c in enumerate(classes)}
     return TaskSetup(classifier, batches(train_idx, train_cfg.seed), batches(val_idx, train_cfg.seed) if val_idx else None,
                      loss_fn=classification_loss(weights), files=ClassifierFiles(classes),

@@ -62,7 +62,7 @@ class ClassifySettings:
 
     text_field: str | None = field(default=None, metadata={"help": "column/key with the text; null = guess"})
     label_field: str | None = field(default=None, metadata={"help": "column/key with the label; null = guess"})
-    trainable: str = field(default="none", metadata={
+    trainable: Literal["none", "all"] | int = field(default="none", metadata={
         "help": "what of the body trains besides the head: none | all | N (the last N blocks + final norm)"})
     balance: Literal["none", "downsample", "weighted"] = field(default="none", metadata={
         "help": "unequal classes: downsample the larger ones, or weight the loss by inverse frequency"})
@@ -70,8 +70,8 @@ class ClassifySettings:
     max_length: int | None = field(default=None, metadata={"help": "tokens kept per text; null = block_size"})
 
     def validate(self) -> None:
-        if self.trainable not in ("none", "all") and not self.trainable.isdigit():
-            raise ValueError(f"trainable: expected none, all or a number of blocks, got {self.trainable!r}")
+        if isinstance(self.trainable, int) and self.trainable < 0:
+            raise ValueError(f"trainable: a number of blocks cannot be negative, got {self.trainable}")
 
 
 @dataclass

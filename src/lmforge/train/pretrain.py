@@ -41,6 +41,7 @@ def build_model(model_cfg: ModelConfig, vocab_size: int) -> GPT:
     """A fresh model, or the weights of an lmforge checkpoint when model.init_from is set."""
     if model_cfg.init_from:
         model = ckpt.load_model_from_checkpoint(Path(model_cfg.init_from).expanduser())
+        model.set_dropout(model_cfg.dropout)
         if model.config.vocab_size < vocab_size:
             raise ValueError(f"model.init_from: the checkpoint's vocabulary ({model.config.vocab_size}) is "
                              f"smaller than the data's ({vocab_size}); prepare the data with its tokenizer")
