@@ -139,7 +139,7 @@ def test_merge_with_unload_gives_back_plain_linear_layers_and_the_original_names
     adapted = model(idx)
     merge_lora(model)
     assert not any(isinstance(m, LoRALinear) for m in model.modules())
-    assert type(model.blocks[0].attn.q) is nn.Linear
+    assert isinstance(model.blocks[0].attn.q, nn.Linear)
     assert set(model.state_dict()) == names
     torch.testing.assert_close(model(idx), adapted, atol=1e-5, rtol=0)
 

@@ -44,7 +44,7 @@ def test_quantize_model_replaces_the_block_linears_and_saves_memory(family, back
     assert len(report.layers) == LINEARS_PER_BLOCK[family] * model.config.n_layer
     assert all(name.startswith("blocks.") for name in report.layers)
     assert all(is_4bit_linear(model.get_submodule(name)) for name in report.layers)
-    assert type(model.lm_head) is nn.Linear
+    assert isinstance(model.lm_head, nn.Linear)
     # The block weights shrink ~7.8x (fp32 -> 4.127 bits); embeddings and norms stay fp32.
     layers = [model.get_submodule(name) for name in report.layers]
     block_bytes = 4 * sum(layer.in_features * layer.out_features for layer in layers)
@@ -82,7 +82,7 @@ def test_skip_keeps_named_layers_in_full_precision():
     model = make_model("llama")
     report = quantize_model(model, backend="torch", skip=("lm_head", "attn"))
     assert len(report.layers) == 3 * model.config.n_layer
-    assert type(model.blocks[0].attn.q) is nn.Linear and isinstance(model.blocks[0].mlp.up, NF4Linear)
+    assert isinstance(model.blocks[0].attn.q, nn.Linear) and isinstance(model.blocks[0].mlp.up, NF4Linear)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -127,7 +127,7 @@ def test_merging_into_a_4bit_base_warns_and_reports_the_drift(backend):
     adapted = model(idx)
     with pytest.warns(UserWarning, match="4-bit base layers.*precision"):
         merge_lora(model)
-    assert type(model.blocks[0].attn.q) is nn.Linear and model.blocks[0].attn.q.weight.dtype == torch.float32
+    assert isinstance(model.blocks[0].attn.q, nn.Linear) and model.blocks[0].attn.q.weight.dtype == torch.float32
     assert is_4bit_linear(model.blocks[0].attn.k)  # layers without adapters stay 4-bit
     torch.testing.assert_close(model(idx), adapted, atol=1e-4, rtol=0)
 

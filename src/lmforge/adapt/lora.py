@@ -32,6 +32,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 import torch
 import torch.nn as nn
 
+from ..model.linear import Linear
 from .nf4 import NF4Linear, dequantized_weight, is_4bit_linear
 
 # Short target name -> the end of the module path in lmforge's GPT (blocks.N.<path> or the root).
@@ -185,15 +186,15 @@ class LoRALinear(nn.Module):
                              "a full-precision layer instead")
 
     def merged_linear(self) -> nn.Linear:
-        """A plain nn.Linear computing base + update (a 4-bit base is dequantized to fp32)."""
+        """A plain linear layer (lmforge's nn.Linear) computing base + update (a 4-bit base is dequantized to fp32)."""
         if self.quantized_base:
             weight = dequantized_weight(self.base, torch.float32) + self.delta_weight()
         else:
             weight = self.base.weight.detach()
             if not self.merged:
                 weight = weight + self.delta_weight().to(weight.dtype)
-        linear = nn.Linear(self.in_features, self.out_features, bias=self.base.bias is not None,
-                           device=weight.device, dtype=weight.dtype)
+        linear = Linear(self.in_features, self.out_features, bias=self.base.bias is not None,
+                        device=weight.device, dtype=weight.dtype)
         with torch.no_grad():
             linear.weight.copy_(weight)
             if self.base.bias is not None:

@@ -13,6 +13,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .config import ModelConfig
+from .linear import Linear
 from .kv_cache import KVCache
 from .layers import apply_rope
 
@@ -41,10 +42,10 @@ class CausalSelfAttention(nn.Module):
         self.n_head, self.n_kv_head, self.head_dim = cfg.n_head, cfg.kv_heads, cfg.head_dim
         kv_width = self.n_kv_head * self.head_dim
         # Qwen2 keeps biases on q/k/v while dropping every other one, hence a separate switch.
-        self.q = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.has_qkv_bias)
-        self.k = nn.Linear(cfg.n_embd, kv_width, bias=cfg.has_qkv_bias)
-        self.v = nn.Linear(cfg.n_embd, kv_width, bias=cfg.has_qkv_bias)
-        self.o = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
+        self.q = Linear(cfg.n_embd, cfg.n_embd, bias=cfg.has_qkv_bias)
+        self.k = Linear(cfg.n_embd, kv_width, bias=cfg.has_qkv_bias)
+        self.v = Linear(cfg.n_embd, kv_width, bias=cfg.has_qkv_bias)
+        self.o = Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
         self.dropout = cfg.dropout
         self.resid_dropout = nn.Dropout(cfg.dropout)
 

@@ -13,6 +13,7 @@ import torch.nn as nn
 
 from .attention import CausalSelfAttention, attention_mask
 from .config import ModelConfig
+from .linear import Linear
 from .kv_cache import KVCache
 from .layers import make_mlp, make_norm, rope_tables
 
@@ -45,7 +46,7 @@ class GPT(nn.Module):
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
         self.final_norm = make_norm(cfg)
-        self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
+        self.lm_head = Linear(cfg.n_embd, cfg.vocab_size, bias=False)
         if cfg.tie_embeddings:
             self.lm_head.weight = self.tok_emb.weight
         if cfg.pos == "rope":

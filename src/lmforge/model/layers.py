@@ -12,6 +12,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .config import ModelConfig
+from .linear import Linear
 
 
 class RMSNorm(nn.Module):
@@ -37,8 +38,8 @@ class GeluMLP(nn.Module):
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.up = nn.Linear(cfg.n_embd, cfg.hidden_dim, bias=cfg.bias)
-        self.down = nn.Linear(cfg.hidden_dim, cfg.n_embd, bias=cfg.bias)
+        self.up = Linear(cfg.n_embd, cfg.hidden_dim, bias=cfg.bias)
+        self.down = Linear(cfg.hidden_dim, cfg.n_embd, bias=cfg.bias)
         self.dropout = nn.Dropout(cfg.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -51,9 +52,9 @@ class SwiGLUMLP(nn.Module):
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.gate = nn.Linear(cfg.n_embd, cfg.hidden_dim, bias=cfg.bias)
-        self.up = nn.Linear(cfg.n_embd, cfg.hidden_dim, bias=cfg.bias)
-        self.down = nn.Linear(cfg.hidden_dim, cfg.n_embd, bias=cfg.bias)
+        self.gate = Linear(cfg.n_embd, cfg.hidden_dim, bias=cfg.bias)
+        self.up = Linear(cfg.n_embd, cfg.hidden_dim, bias=cfg.bias)
+        self.down = Linear(cfg.hidden_dim, cfg.n_embd, bias=cfg.bias)
         self.dropout = nn.Dropout(cfg.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
