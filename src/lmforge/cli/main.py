@@ -10,6 +10,7 @@
     lmforge finetune CONFIG.yaml | PRESET    lmforge classify CKPT --text TEXT
     lmforge inspect-sft FILE --tokenizer CKPT (= lmforge prepare FILE --sft --inspect --tokenizer CKPT)
     lmforge export CKPT --format hf --out DIR
+    lmforge estimate [CONFIG.yaml | PRESET] [--memory GB]
     lmforge report RUN_DIR
 """
 
@@ -19,7 +20,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from . import eval_cmd, export_cmd, finetune_cmds, generate_cmds
+from . import estimate_cmd, eval_cmd, export_cmd, finetune_cmds, generate_cmds
 
 EXIT_USAGE, EXIT_FAILED, EXIT_INTERRUPTED = 2, 1, 130
 
@@ -185,6 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
     generate_cmds.register(sub)
     eval_cmd.register(sub)
     export_cmd.register(sub)
+    estimate_cmd.register(sub)
 
     p = sub.add_parser("report", help="re-plot a run's curves and explain them in words")
     p.add_argument("run_dir", help="the run directory (train.out_dir)")
