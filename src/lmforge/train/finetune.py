@@ -28,13 +28,14 @@ from ..data.templates import TEMPLATES, render
 from ..ingest.config import IngestConfig
 from ..model.config import ModelConfig
 from ..tokenizer import load_tokenizer
-from ..utils.device import resolve_device, resolve_precision
+from ..utils.device import resolve_device
 from . import checkpoint as ckpt
 from .config import TrainConfig
 from .finetune_config import FinetuneConfig
 from .loop import Trainer, TrainResult
 from .model_files import ClassifierFiles, LoRAFiles, with_chat_template
 from .objectives import classification_loss, lm_loss_sum
+from .precision import choose_precision, precision_of_resumed_run
 from .pretrain import prepare_data
 
 
@@ -73,13 +74,13 @@ def run_finetuning(model_cfg: ModelConfig, data_cfg: DataConfig, train_cfg: Trai
     if ft.task == "classify":
         train_cfg = replace(train_cfg, sample_prompt="", sample_interval=0)  # a classifier does not write text
     setup.sample_prompt = train_cfg.sample_prompt
-    precision = resolve_precision(train_cfg.precision, device, model.num_params())
     run_dir = Path(train_cfg.out_dir).expanduser()
+    precision, why = pick_precision(train_cfg, setup, device, run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     if config_yaml is not None:
         (run_dir / "config.yaml").write_text(config_yaml)
     print(f"fine-tuning {base_dir}: task {ft.task}, method {ft.method}; {setup.describe}")
-    print(f"{count_params(setup.model)}; device {device}, precision {precision}")
+    print(f"{count_params(setup.model)}; device {device}, precision {precision} ({why})")
     trainer = Trainer(setup.model, tokenizer, setup.train_batches, setup.val_batches, train_cfg, run_dir, device,
                       precision, setup.loss_fn, setup.files)
     return trainer.fit(), setup
@@ -163,6 +164,15 @@ def _single_data_file(data_cfg: DataConfig, what: str) -> Path:
     if not path.is_file():
         raise ValueError(f"data.path: {path} is not a file")
     return path
+
+
+def pick_precision(train_cfg: TrainConfig, setup: TaskSetup, device: torch.device, run_dir: Path) -> tuple[str, str]:
+    """The run's precision: as configured, as the run being resumed used, or probed (see precision.py)."""
+    resumed = precision_of_resumed_run(run_dir, train_cfg.resume) if train_cfg.precision == "auto" else None
+    if resumed:
+        return resumed, "the precision of the run being resumed"
+    probe_batch = next(iter(setup.train_batches.eval_batches(1)))  # does not move the data position
+    return choose_precision(train_cfg.precision, setup.model, probe_batch, device, setup.loss_fn)
 
 
 def _expand_targets(model: torch.nn.Module, targets: list[str]) -> list[str]:
