@@ -1,6 +1,6 @@
 """The `lmforge` command: one thin function per verb that loads its config and calls the library.
 
-    lmforge train [CONFIG.yaml | PRESET] [--section.key=value ...]
+    lmforge train [CONFIG.yaml | PRESET] [--section.key=value ...] [--nproc N]
     lmforge ingest SRC... --out DIR [--workers N --text-field F --no-ocr --pii --ingest.clean.KEY=VALUE]
     lmforge prepare SRC... --out DIR [--tokenizer bpe] [--vocab-size 4096] [--val-fraction 0.1] [ingest flags]
     lmforge init [PRESET] > run.yaml
@@ -17,6 +17,8 @@
 from __future__ import annotations
 
 import argparse
+import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -27,24 +29,46 @@ EXIT_USAGE, EXIT_FAILED, EXIT_INTERRUPTED = 2, 1, 130
 
 def cmd_train(args: argparse.Namespace, overrides: list[str]) -> int:
     from ..config.run import load_run_config, preset_raw, render_config
+    from ..dist.env import env_from_torchrun
     from ..train.pretrain import run_pretraining
 
+    if args.nproc is not None and args.nproc != 1:
+        return _relaunch_under_torchrun(args.nproc, ([args.config] if args.config else []) + overrides)
     # With no config at all, `lmforge train` is the built-in demo (presets/demo.yaml).
     path, base = _config_source(args.config or "demo", preset_raw)
     cfg = load_run_config(path, overrides, base=base)
     config_yaml = render_config(cfg, "Resolved config of this run.")
-    result = run_pretraining(cfg.model, cfg.data, cfg.train, cfg.ingest, config_yaml)
-    _print_summary(result, cfg.train.sample_prompt)
+    result = run_pretraining(cfg.model, cfg.data, cfg.train, cfg.ingest, config_yaml, cfg.dist)
+    if env_from_torchrun().is_main:  # under torchrun, one summary rather than one per process
+        _print_summary(result, cfg.train.sample_prompt)
     if result.stop_reason.startswith("diverged"):
         return EXIT_FAILED
     return EXIT_INTERRUPTED if result.stop_reason.startswith("interrupted") else 0
+
+
+def torchrun_command(nproc: int, train_args: list[str]) -> list[str]:
+    """`lmforge train ARGS` as N processes of this machine: torchrun's rendezvous on a free local port."""
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+            "-m", "lmforge", "train", *train_args]
+
+
+def _relaunch_under_torchrun(nproc: int, train_args: list[str]) -> int:
+    """Replace this process by torchrun running the same command without --nproc (Ctrl-C then reaches torchrun)."""
+    if nproc < 1:
+        raise ValueError(f"--nproc: must be at least 1, got {nproc}")
+    if "RANK" in os.environ:
+        raise ValueError("--nproc: this process was already started by torchrun; drop --nproc")
+    command = torchrun_command(nproc, train_args)
+    print(f"launching {nproc} processes: {shlex.join(command)}", flush=True)
+    os.execv(sys.executable, command)
+    return 0  # not reached: execv does not return
 
 
 def _config_source(arg: str | None, preset_raw) -> tuple[Path | None, dict | None]:
     """A positional argument is a YAML file if it exists (or looks like one), else a preset name."""
     if arg is None:
         return None, None
-    if Path(arg).exists() or arg.endswith((".yaml", ".yml")):
+    if Path(arg).is_file() or arg.endswith((".yaml", ".yml")):
         return Path(arg), None
     return None, preset_raw(arg)
 
@@ -155,6 +179,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a model (no arguments: a demo on Python's standard library)",
                        description="Any config key can be overridden as --section.key=value, e.g. --train.max_steps=500.")
     p.add_argument("config", nargs="?", help="a YAML run config, or a preset name (see `lmforge init --help`)")
+    p.add_argument("--nproc", type=int, metavar="N", help="train on N processes of this machine, e.g. one per GPU "
+                   "(re-launches the command under torchrun --standalone --nproc_per_node N; see docs/distributed.md)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("ingest", help="read documents of any format into a clean documents.jsonl + report",

@@ -11,6 +11,7 @@ from importlib import resources
 from pathlib import Path
 
 from ..data.config import DataConfig
+from ..dist.config import DistConfig
 from ..ingest.config import IngestConfig
 from ..model.config import PRESETS, ModelConfig, apply_preset
 from ..train.config import TrainConfig
@@ -28,6 +29,8 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig, metadata={"help": "the optimisation"})
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig, metadata={
         "help": "used by `lmforge finetune` only: task, method (full/lora/qlora) and their settings"})
+    dist: DistConfig = field(default_factory=DistConfig, metadata={
+        "help": "several processes under torchrun (lmforge train --nproc N): ddp or fsdp"})
 
 
 def run_presets() -> list[str]:

@@ -10,6 +10,7 @@ The loop is the one pretraining uses (train/loop.py). Fine-tuning only chooses:
 
 from __future__ import annotations
 
+import os
 import random
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -56,6 +57,10 @@ def run_finetuning(model_cfg: ModelConfig, data_cfg: DataConfig, train_cfg: Trai
                    ingest_cfg: IngestConfig | None = None, config_yaml: str | None = None
                    ) -> tuple[TrainResult, TaskSetup]:
     """Fine-tune and return the loop's result and the task's setup (its model and validation batches)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        # Not yet: every process would train its own copy and write to the same run directory.
+        raise ValueError("lmforge finetune runs in one process for now; launch it without torchrun "
+                         "(multi-process training is available for `lmforge train`)")
     if not model_cfg.init_from:
         raise ValueError("model.init_from: fine-tuning starts from pretrained weights; set it to an lmforge "
                          "checkpoint folder or a Hugging Face model folder")

@@ -4,6 +4,15 @@ One optimizer step:  fetch k micro-batches -> forward + backward each (loss divi
 tokens of all k) -> clip the gradient norm -> AdamW step with the scheduled learning rate.
 Around it: logging, validation, best-model tracking, early stopping, samples, checkpoints, and a
 clean stop on Ctrl-C / SIGTERM or a NaN loss.
+
+Under torchrun the same loop runs in every process (rank), each on its own micro-batches, with the
+model wrapped by DDP or sharded by FSDP (lmforge.dist). Three rules keep the ranks one training run:
+  * the loss is divided by the target tokens of the *global* batch (all ranks, all k micro-batches),
+    so the averaged gradient equals one process's gradient on that whole batch;
+  * every decision is taken on numbers all ranks share: train and validation losses are summed over
+    ranks, and after each step the ranks agree on the clock and on any Ctrl-C / SIGTERM;
+  * only rank 0 prints and writes files; checkpoints hold whole (consolidated) weights and
+    optimizer state, so a run resumes on any number of processes.
 """
 
 from __future__ import annotations
@@ -20,6 +29,11 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from ..dist.collectives import gather_objects, max_across_ranks, round_robin, sum_across_ranks
+from ..dist.env import DistEnv, barrier
+from ..dist.state_dict import FullModel, full_optimizer_state, load_full_optimizer_state
+from ..dist.world_change import data_position_for_world, rng_for_rank
+from ..dist.wrap import grad_scaler, gradient_sync, wrap_model
 from ..generate.engine import generate_text
 from ..utils.device import autocast
 from . import checkpoint as ckpt
@@ -48,8 +62,9 @@ class TrainResult:
 class StopRequested:
     """Turns the first Ctrl-C / SIGTERM into a flag the loop checks, so it can save before leaving."""
 
-    def __init__(self):
+    def __init__(self, announce: bool = True):
         self.signal_name: str | None = None
+        self.announce = announce  # under torchrun only rank 0 says it, though every rank gets the signal
         self._previous = {}
 
     def __enter__(self):
@@ -62,7 +77,8 @@ class StopRequested:
         if self.signal_name is not None:  # second signal: the user really wants out
             raise KeyboardInterrupt
         self.signal_name = signal.Signals(signum).name
-        tqdm.write(f"\n{self.signal_name} received: finishing this step and saving last/ (press again to abort)")
+        if self.announce:
+            tqdm.write(f"\n{self.signal_name} received: finishing this step and saving last/ (press again to abort)")
 
     def __exit__(self, *exc):
         for sig, handler in self._previous.items():
@@ -70,27 +86,44 @@ class StopRequested:
 
 
 class Trainer:
+    """Trains `model` on `train_batches`.
+
+    In a distributed run, `env` says which rank this process is and `strategy` (none | ddp | fsdp, see
+    lmforge.dist.wrap) how the model is shared; `train_batches` must already be this rank's share of the
+    data. batch_size and grad_accum_steps are per rank: one optimizer step reads
+    batch_size x grad_accum_steps x world_size sequences (`global_batch`).
+    """
+
     def __init__(self, model, tokenizer, train_batches, val_batches, cfg: TrainConfig, run_dir: str | Path,
-                 device: torch.device, precision: str, loss_fn=lm_loss_sum, model_files=None):
+                 device: torch.device, precision: str, loss_fn=lm_loss_sum, model_files=None,
+                 env: DistEnv | None = None, strategy: str = "none"):
         self.model, self.tokenizer, self.cfg = model, tokenizer, cfg
         self.train_batches, self.val_batches = train_batches, val_batches
+        self.env, self.strategy = env or DistEnv(), strategy
+        self.global_batch = cfg.batch_size * cfg.grad_accum_steps * self.env.world_size
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.device, self.precision, self.loss_fn = device, precision, loss_fn
         # How checkpoints store the model: all weights by default; fine-tuning may store less (LoRA adapters).
         self.model_files = model_files or ckpt.FullWeights()
+        resume_path = self._resume_path()
+        if resume_path is not None:  # saved weights go into the plain model, before it is wrapped or sharded
+            self.model_files.load(model, resume_path)
+        self.full_model = FullModel(model, strategy, self.env.is_main)  # what checkpoints and samples read
         self.model.to(device)
-        self.forward_model = torch.compile(model) if cfg.compile else model
+        # forward runs on `wrapped`: the model itself, its DDP wrapper, or the model sharded in place by FSDP.
+        self.wrapped = wrap_model(model, strategy, device)
+        self.forward_model = torch.compile(self.wrapped) if cfg.compile else self.wrapped
         self.optimizer = build_optimizer(model, cfg, device)
         # fp16 has a narrow range: scale the loss up so small gradients do not flush to zero.
-        self.scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+        self.scaler = grad_scaler(device, precision == "fp16", strategy)
         self.state = TrainState()
         self.total_steps = self._total_steps()
         self.last_train_loss: float | None = None
         self.last_val_loss: float | None = None
-        self.resumed_from = self._maybe_resume()
-        self.metrics = (MetricsLog.resume(self.run_dir, self.state.step, cfg.tensorboard) if self.resumed_from
-                        else MetricsLog(self.run_dir, cfg.tensorboard))
+        self._agreed_signal: str | None = None  # distributed runs: a stop signal that every rank now knows of
+        self.resumed_from = self._resume_training_state(resume_path)
+        self.metrics = self._open_metrics() if self.env.is_main else None
 
     # ---- setup ---------------------------------------------------------------------------------
     def _total_steps(self) -> int | None:
@@ -101,7 +134,8 @@ class Trainer:
         known = [n for n in (self.cfg.max_steps, by_epochs) if n is not None]
         return min(known) if known else None
 
-    def _maybe_resume(self) -> Path | None:
+    def _resume_path(self) -> Path | None:
+        """The checkpoint this run continues from, per train.resume (None: start fresh)."""
         resume = self.cfg.resume
         if resume == "never":
             if ckpt.find_resume(self.run_dir) is not None:
@@ -113,16 +147,30 @@ class Trainer:
             return None
         if not (path / "train_state.pt").is_file():
             raise ValueError(f"train.resume: {path} has no train_state.pt (only last/ and step-NNNNNN/ can be resumed)")
-        self.model_files.load(self.model, path)
+        return path
+
+    def _resume_training_state(self, path: Path | None) -> Path | None:
+        """Everything but the weights (loaded earlier): optimizer, counters, data position, random generators."""
+        if path is None:
+            return None
         state = ckpt.load_train_state(path)
-        self.optimizer.load_state_dict(state["optimizer"])
+        load_full_optimizer_state(self.model, self.optimizer, state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
         self.state.load_state_dict(state["trainer"])
-        self.train_batches.load_state_dict(state["data"])
-        restore_rng(state["rng"])
-        self._drop_samples_after(self.state.step)
-        tqdm.write(f"resumed from {path} at step {self.state.step}")
+        saved_world = state.get("world_size", 1)
+        self.train_batches.load_state_dict(data_position_for_world(
+            state["data"], saved_world, self.env.world_size, self.train_batches.batches_per_epoch))
+        restore_rng(rng_for_rank(state.get("rng_per_rank") or [state["rng"]], self.env.rank))
+        if self.env.is_main:
+            self._drop_samples_after(self.state.step)
+            moved = "" if saved_world == self.env.world_size else f" (saved by {saved_world} processes)"
+            tqdm.write(f"resumed from {path} at step {self.state.step}{moved}")
         return path
+
+    def _open_metrics(self) -> MetricsLog:
+        if self.resumed_from:
+            return MetricsLog.resume(self.run_dir, self.state.step, self.cfg.tensorboard)
+        return MetricsLog(self.run_dir, self.cfg.tensorboard)
 
     def _drop_samples_after(self, step: int) -> None:
         """Forget samples an interrupted session wrote after its last checkpoint (they will be redone)."""
@@ -133,20 +181,27 @@ class Trainer:
 
     # ---- one optimizer step --------------------------------------------------------------------
     def train_step(self) -> torch.Tensor:
-        """Forward/backward over grad_accum_steps micro-batches, then one optimizer step. Returns the loss (no sync)."""
+        """Forward/backward over grad_accum_steps micro-batches, then one optimizer step. Returns the loss (no sync).
+
+        In a distributed run every rank does this on its own micro-batches; the returned loss is this rank's share.
+        """
         cfg, state = self.cfg, self.state
         progress = decay_progress(state.step, self.total_steps, cfg.warmup_steps, state.elapsed, cfg.max_time)
         lr = lr_at(state.step, cfg, progress)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         micro_batches = [self.train_batches.next_batch() for _ in range(cfg.grad_accum_steps)]
-        n_targets = sum(count_targets(batch[-1]) for batch in micro_batches)
+        n_targets, n_tokens = self._global_counts(micro_batches)
         total_loss = torch.zeros((), device=self.device)
-        for batch in micro_batches:
+        for i, batch in enumerate(micro_batches):
             batch = [t.to(self.device, non_blocking=True) for t in batch]
-            with autocast(self.device, self.precision):
-                loss = self.loss_fn(self.forward_model, *batch) / n_targets.to(self.device)
-            self.scaler.scale(loss).backward()
+            # Ranks exchange gradients once per step, in the last micro-batch's backward; before it they only add up.
+            with gradient_sync(self.wrapped, enabled=i == len(micro_batches) - 1):
+                with autocast(self.device, self.precision):
+                    loss = self.loss_fn(self.forward_model, *batch) / n_targets.to(self.device)
+                # DDP and FSDP average the ranks' gradients; times world_size turns that into their sum: the
+                # gradient of the mean loss over the global batch, as one process holding all of it computes.
+                self.scaler.scale(loss * self.env.world_size).backward()
             total_loss += loss.detach()
         self.scaler.unscale_(self.optimizer)
         max_norm = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
@@ -155,9 +210,18 @@ class Trainer:
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
         state.step += 1
-        state.tokens_seen += sum(batch[0].numel() for batch in micro_batches)
+        state.tokens_seen += n_tokens
         self.lr = lr
-        return total_loss
+        return total_loss  # this rank's share of the step's mean loss: the ranks' shares add up to it
+
+    def _global_counts(self, micro_batches: list) -> tuple[torch.Tensor, int]:
+        """Target tokens (the loss's divisor) and input tokens of the whole step, over all ranks."""
+        n_targets = sum(count_targets(batch[-1]) for batch in micro_batches)
+        n_tokens = sum(batch[0].numel() for batch in micro_batches)
+        if not self.env.is_distributed:
+            return n_targets, n_tokens
+        totals = sum_across_ranks(torch.stack([n_targets, torch.tensor(n_tokens)]).to(self.device))
+        return totals[0], int(totals[1])
 
     # ---- evaluation and samples ----------------------------------------------------------------
     @torch.no_grad()
@@ -167,17 +231,28 @@ class Trainer:
             return None
         self.model.eval()
         loss_sum, n = 0.0, 0
-        for batch in self.val_batches.eval_batches(self.cfg.eval_steps):
+        batches = self.val_batches.eval_batches(self.cfg.eval_steps)
+        # Each rank evaluates every world_size-th batch; the sums below add the ranks' parts.
+        for batch, counts in round_robin(batches, self.env.rank, self.env.world_size):
             batch = [t.to(self.device) for t in batch]
             with autocast(self.device, self.precision):
-                loss_sum += self.loss_fn(self.forward_model, *batch).item()
-            n += int(count_targets(batch[-1]))
+                loss = self.loss_fn(self.forward_model, *batch)
+            if counts:
+                loss_sum += loss.item()
+                n += int(count_targets(batch[-1]))
         self.model.train()
+        if self.env.is_distributed:
+            totals = sum_across_ranks(torch.tensor([loss_sum, n], dtype=torch.float64, device=self.device))
+            loss_sum, n = totals[0].item(), int(totals[1].item())
         return loss_sum / n if n else None
 
     def write_samples(self) -> str:
+        """Append a generation from the current model to samples.jsonl (rank 0; the text, or "" elsewhere)."""
         cfg = self.cfg
-        text = generate_text(self.model, self.tokenizer, cfg.sample_prompt, max_new_tokens=cfg.sample_tokens,
+        model = self.full_model.gather()  # under fsdp every rank must take part
+        if not self.env.is_main:
+            return ""
+        text = generate_text(model, self.tokenizer, cfg.sample_prompt, max_new_tokens=cfg.sample_tokens,
                              temperature=0.8, top_k=50, seed=cfg.seed + self.state.step)
         with open(self.run_dir / "samples.jsonl", "a", encoding="utf-8") as f:
             f.write(json.dumps({"step": self.state.step, "prompt": cfg.sample_prompt, "text": text}) + "\n")
@@ -189,14 +264,26 @@ class Trainer:
         return {"step": s.step, "epoch": self.train_batches.epoch_progress, "tokens_seen": s.tokens_seen,
                 "train_loss": self.last_train_loss, "val_loss": self.last_val_loss,
                 "best_val_loss": s.best_val_loss if math.isfinite(s.best_val_loss) else None,
-                "best_step": s.best_step, "precision": self.precision}
+                "best_step": s.best_step, "precision": self.precision,
+                "world_size": self.env.world_size, "global_batch": self.global_batch}
 
     def save(self) -> None:
-        """Write step-NNNNNN/ (with resume state), point last/ at it, prune old step folders."""
-        train_state = {"optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
+        """Write step-NNNNNN/ (with resume state), point last/ at it, prune old step folders.
+
+        Every rank calls it (under fsdp the weights and optimizer state are gathered from all); rank 0 writes.
+        """
+        model = self.full_model.gather()
+        optimizer_state = full_optimizer_state(self.model, self.optimizer)
+        rng_states = gather_objects(capture_rng())  # each rank's dropout stream, to resume it exactly
+        if not self.env.is_main:
+            return
+        train_state = {"optimizer": optimizer_state, "scaler": self.scaler.state_dict(),
                        "trainer": self.state.state_dict(), "data": self.train_batches.state_dict(),
-                       "rng": capture_rng(), "schedule": {"step": self.state.step, "total_steps": self.total_steps}}
-        step_dir = ckpt.save_checkpoint(self.run_dir, f"step-{self.state.step:06d}", self.model, self.tokenizer,
+                       "rng": rng_states[0], "schedule": {"step": self.state.step, "total_steps": self.total_steps},
+                       "world_size": self.env.world_size}
+        if self.env.is_distributed:
+            train_state["rng_per_rank"] = rng_states
+        step_dir = ckpt.save_checkpoint(self.run_dir, f"step-{self.state.step:06d}", model, self.tokenizer,
                                         self._meta(), train_state, self.model_files)
         ckpt.link_checkpoint(step_dir, "last")
         ckpt.prune_step_checkpoints(self.run_dir, self.cfg.keep_last)
@@ -204,18 +291,38 @@ class Trainer:
     def _after_validation(self, val_loss: float) -> None:
         """Best-model tracking and the early-stopping counter."""
         s = self.state
-        if val_loss < s.best_val_loss:
+        if val_loss < s.best_val_loss:  # the same on every rank: val_loss is summed over all of them
             s.best_val_loss, s.best_step, s.evals_since_best = val_loss, s.step, 0
-            ckpt.save_checkpoint(self.run_dir, "best", self.model, self.tokenizer, self._meta(),
-                                 files=self.model_files)
+            model = self.full_model.gather()
+            if self.env.is_main:
+                ckpt.save_checkpoint(self.run_dir, "best", model, self.tokenizer, self._meta(), files=self.model_files)
         else:
             s.evals_since_best += 1
 
     # ---- the loop ------------------------------------------------------------------------------
+    def _agree_across_ranks(self, stop: StopRequested) -> None:
+        """After each step every rank adopts the slowest rank's clock and any rank's stop signal.
+
+        Ranks must take the same decisions -- stop at max_time, the learning rate of a time-based decay,
+        stop on Ctrl-C -- or one leaves the loop while the others wait for it forever at a collective.
+        """
+        if not self.env.is_distributed:
+            return
+        signum = signal.Signals[stop.signal_name].value if stop.signal_name else 0
+        agreed = max_across_ranks(torch.tensor([self.state.elapsed, signum], dtype=torch.float64, device=self.device))
+        elapsed, signum = agreed.tolist()
+        self.state.elapsed = elapsed
+        self._agreed_signal = signal.Signals(int(signum)).name if signum else None
+
+    def _signal_name(self, stop: StopRequested) -> str | None:
+        """The stop signal to act on: this process's own, or in a distributed run the one all ranks agreed on."""
+        return self._agreed_signal if self.env.is_distributed else stop.signal_name
+
     def _stop_reason(self, stop: StopRequested) -> str | None:
         cfg, s = self.cfg, self.state
-        if stop.signal_name:
-            return f"interrupted ({stop.signal_name})"
+        signal_name = self._signal_name(stop)
+        if signal_name:
+            return f"interrupted ({signal_name})"
         if cfg.max_steps is not None and s.step >= cfg.max_steps:
             return "max_steps reached"
         if cfg.epochs is not None and self.train_batches.epoch_progress >= cfg.epochs:
@@ -230,24 +337,26 @@ class Trainer:
         cfg, s = self.cfg, self.state
         self.model.train()
         bar = tqdm(total=self.total_steps, initial=s.step, desc="train", unit="step", dynamic_ncols=True,
-                   mininterval=0.5 if sys.stderr.isatty() else 15.0)
+                   mininterval=0.5 if sys.stderr.isatty() else 15.0, disable=not self.env.is_main)
         window_loss, window_steps = torch.zeros((), device=self.device), 0
         window_start, window_tokens = time.perf_counter(), s.tokens_seen
         session_start, elapsed_before = time.perf_counter(), s.elapsed
-        with StopRequested() as stop:
+        with StopRequested(announce=self.env.is_main) as stop:
             stop_reason = self._stop_reason(stop)
-            if stop_reason is not None:  # a resumed run that had already finished
+            if stop_reason is not None and self.env.is_main:  # a resumed run that had already finished
                 tqdm.write(f"nothing to train: {stop_reason} at step {s.step}. Raise the limit to continue, "
                            f"or start over with --train.resume=never")
             while stop_reason is None:
                 window_loss += self.train_step()
                 window_steps += 1
                 s.elapsed = elapsed_before + time.perf_counter() - session_start  # wall time, evals included
+                self._agree_across_ranks(stop)
                 stop_reason = self._stop_reason(stop)
                 last = stop_reason is not None
                 evaluate = s.step % cfg.eval_interval == 0 or last
                 if s.step % cfg.log_interval == 0 or evaluate:
-                    self.last_train_loss = window_loss.item() / window_steps  # the only host sync of a step
+                    # The only host sync of a step (in one process); the ranks' shares add up to the mean loss.
+                    self.last_train_loss = sum_across_ranks(window_loss).item() / window_steps
                     if not math.isfinite(self.last_train_loss):
                         stop_reason = f"diverged: train loss is {self.last_train_loss} at step {s.step}"
                         self._log(None, tokens_per_sec=None)
@@ -273,6 +382,8 @@ class Trainer:
         return self._finish(stop_reason)
 
     def _log(self, val_loss: float | None, tokens_per_sec: float | None) -> None:
+        if self.metrics is None:  # not rank 0
+            return
         self.metrics.log(step=self.state.step, epoch=self.train_batches.epoch_progress,
                          train_loss=self.last_train_loss, learning_rate=self.lr,
                          tokens_seen=self.state.tokens_seen, tokens_per_sec=tokens_per_sec,
@@ -282,12 +393,15 @@ class Trainer:
         finite = self.last_train_loss is not None and math.isfinite(self.last_train_loss)
         if self.cfg.sample_interval and self.state.step % self.cfg.sample_interval and finite:
             self.write_samples()  # every run ends with a sample of its final model
-        self.metrics.close()
-        metrics = self.metrics.to_dict()
-        write_plots(self.run_dir, metrics)
-        diagnosis = write_diagnosis(self.run_dir, metrics)
+        verdict = ""
+        if self.env.is_main:
+            self.metrics.close()
+            metrics = self.metrics.to_dict()
+            write_plots(self.run_dir, metrics)
+            verdict = write_diagnosis(self.run_dir, metrics).verdict
+        barrier()  # no rank returns before rank 0 has written everything (what comes next may read it)
         s = self.state
         return TrainResult(run_dir=self.run_dir, steps=s.step, stop_reason=stop_reason,
                            train_loss=self.last_train_loss, val_loss=self.last_val_loss,
                            best_val_loss=s.best_val_loss if math.isfinite(s.best_val_loss) else None,
-                           best_step=s.best_step, elapsed=s.elapsed, verdict=diagnosis.verdict)
+                           best_step=s.best_step, elapsed=s.elapsed, verdict=verdict)
