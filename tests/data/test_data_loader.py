@@ -87,7 +87,7 @@ def test_resume_from_state_dict_continues_exactly(data_dir):
 
 def test_resuming_at_an_impossible_position_is_rejected(data_dir):
     loader = TokenBatches(data_dir, "train", BLOCK, BATCH)
-    with pytest.raises(ValueError, match="same data, block_size, batch_size"):
+    with pytest.raises(ValueError, match="same data, block_size and batch_size"):
         loader.load_state_dict({"epoch": 0, "index": loader.batches_per_epoch})
 
 

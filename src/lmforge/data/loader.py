@@ -97,7 +97,8 @@ class TokenBatches:
         if epoch < 0 or not 0 <= index < max(self.batches_per_epoch, 1):
             raise ValueError(
                 f"cannot resume at epoch {epoch}, batch {index}: an epoch has {self.batches_per_epoch} batches; "
-                "resume with the same data, block_size, batch_size and number of processes as the checkpoint"
+                "resume with the same data, block_size and batch_size as the checkpoint (the Trainer converts the "
+                "position when only the number of processes changed)"
             )
         self.epoch, self.index = epoch, index
 
