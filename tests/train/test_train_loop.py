@@ -184,6 +184,34 @@ def test_decay_and_no_decay_groups():
     assert total == model.num_params()
 
 
+def test_adamw_uses_the_fused_kernel_on_cpu_and_matches_the_reference_update():
+    from lmforge.train.optim import build_optimizer
+
+    torch.manual_seed(0)
+    model = GPT(ModelConfig(n_layer=1, n_head=2, n_embd=16, block_size=8, vocab_size=20))
+    reference = GPT(model.config)
+    reference.load_state_dict(model.state_dict())
+    cfg = TrainConfig(lr=1e-2, weight_decay=0.1)
+    fused = build_optimizer(model, cfg, torch.device("cpu"))
+    assert fused.defaults["fused"] is True
+    plain = torch.optim.AdamW(
+        [{"params": [dict(reference.named_parameters())[n] for n, _ in _names(model, g)], "weight_decay": g["weight_decay"]}
+         for g in fused.param_groups], lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), foreach=False)
+    x = torch.randint(0, 20, (2, 8))
+    for _ in range(3):
+        for net, opt in ((model, fused), (reference, plain)):
+            opt.zero_grad()
+            net(x).square().mean().backward()
+            opt.step()
+    for (name, a), b in zip(model.named_parameters(), reference.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def _names(model, group):
+    ids = {id(p) for p in group["params"]}
+    return [(n, p) for n, p in model.named_parameters() if id(p) in ids]
+
+
 def test_bf16_autocast_trains_on_cpu(tiny_data, tmp_path):
     trainer = make_trainer(tiny_data, tmp_path / "run", max_steps=30)
     trainer.precision = "bf16"

@@ -67,14 +67,11 @@ class CausalSelfAttention(nn.Module):
             q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if cache is not None:
             k, v = cache.append(k, v)  # (B, K, S, D): keys are cached already rotated
-        if self.n_kv_head != self.n_head:
-            # Repeat each KV head for its group of query heads; cheap compared with the matmuls.
-            repeats = self.n_head // self.n_kv_head
-            k = k.repeat_interleave(repeats, dim=1)  # (B, H, S, D)
-            v = v.repeat_interleave(repeats, dim=1)
-        # SDPA picks a fused kernel (flash / memory-efficient on GPU, a tiled one on CPU).
+        # SDPA picks a fused kernel (flash / memory-efficient on GPU, a tiled one on CPU). With fewer KV
+        # heads, enable_gqa lets each KV head serve its group of H/K query heads without copying it H/K times.
         # Without a mask: causal over T > 1 positions; a single query (decoding) sees every key.
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None and T > 1,
-                                           dropout_p=self.dropout if self.training else 0.0)  # (B, H, T, D)
+                                           dropout_p=self.dropout if self.training else 0.0,
+                                           enable_gqa=self.n_kv_head != self.n_head)  # (B, H, T, D)
         y = y.transpose(1, 2).reshape(B, T, C)
         return self.resid_dropout(self.o(y))

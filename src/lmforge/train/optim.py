@@ -31,11 +31,21 @@ def build_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.devi
         raise ValueError("the model has no trainable parameters (everything is frozen)")
     if cfg.optimizer != "adamw":
         return _bitsandbytes_adamw(groups, cfg, device)
-    kwargs = {}
-    # The fused CUDA kernel updates all parameters in one launch; on CPU the default foreach path is best.
-    if device.type == "cuda" and "fused" in inspect.signature(torch.optim.AdamW).parameters:
-        kwargs["fused"] = True
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), **kwargs)
+    fused = _fused_adamw_supported(groups, device)
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), **({"fused": True} if fused else {}))
+
+
+def _fused_adamw_supported(groups: list[dict], device: torch.device) -> bool:
+    """Whether torch's fused AdamW kernel can update these parameters.
+
+    Without it torch runs one small op per parameter tensor per moment on CPU (its foreach path is CUDA
+    only): ~750 ops per step for a 4-layer model, 13% of a tiny model's step. The fused kernel (CUDA, and
+    CPU since torch 2.4) updates each tensor in one pass. It needs floating-point parameters on one device.
+    """
+    if device.type not in ("cpu", "cuda") or "fused" not in inspect.signature(torch.optim.AdamW).parameters:
+        return False
+    params = [p for group in groups for p in group["params"]]
+    return all(p.is_floating_point() and p.device.type == device.type for p in params)
 
 
 def _bitsandbytes_adamw(groups: list[dict], cfg: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
