@@ -10,8 +10,10 @@ import math
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from .attention import CausalSelfAttention, attention_mask
+from .chunked_loss import IGNORE_INDEX, linear_cross_entropy
 from .config import ModelConfig
 from .linear import Linear
 from .kv_cache import KVCache
@@ -89,8 +91,9 @@ class GPT(nn.Module):
         return n
 
     def forward(self, idx: torch.Tensor, positions: torch.Tensor | None = None,
-                cache: list[KVCache] | None = None, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Token ids (B, T) -> logits (B, T, V).
+                cache: list[KVCache] | None = None, attn_mask: torch.Tensor | None = None,
+                targets: torch.Tensor | None = None) -> torch.Tensor:
+        """Token ids (B, T) -> logits (B, T, V); or, given targets (B, T), the summed cross-entropy.
 
         Training passes only idx. Generation may also pass:
           positions: (B, T) position of each token; default: the T positions after what the cache holds.
@@ -98,8 +101,17 @@ class GPT(nn.Module):
           cache: one KVCache per block (model.kv_cache.make_caches); the new keys/values are appended.
           attn_mask: (B, S) True for real tokens, False for padding, over all S = cached + T positions;
             or a complete (B, 1, T, S) mask, True where a query may attend to a key (used as given).
+          targets: next-token ids (B, T), -100 where a position does not count. The loss is then computed
+            in chunks of rows without ever holding the (B, T, V) logits (model/chunked_loss.py).
         """
-        return self.lm_head(self.hidden_states(idx, positions, cache, attn_mask))
+        hidden = self.hidden_states(idx, positions, cache, attn_mask)
+        if targets is None:
+            return self.lm_head(hidden)
+        if type(self.lm_head) is Linear and self.lm_head.bias is None:
+            return linear_cross_entropy(hidden, self.lm_head.weight, targets)
+        # An output layer with extras (a LoRA adapter, a quantized weight): logits first, then the loss.
+        logits = self.lm_head(hidden).float()
+        return F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX, reduction="sum")
 
     def hidden_states(self, idx: torch.Tensor, positions: torch.Tensor | None = None,
                       cache: list[KVCache] | None = None, attn_mask: torch.Tensor | None = None) -> torch.Tensor:

@@ -40,6 +40,7 @@ from . import checkpoint as ckpt
 from .config import TrainConfig
 from .diagnose import write_diagnosis
 from .metrics import MetricsLog
+from .compile import maybe_compile
 from .objectives import count_targets, lm_loss_sum
 from .optim import build_optimizer, decay_progress, lr_at
 from .plots import write_plots
@@ -113,7 +114,7 @@ class Trainer:
         self.model.to(device)
         # forward runs on `wrapped`: the model itself, its DDP wrapper, or the model sharded in place by FSDP.
         self.wrapped = wrap_model(model, strategy, device)
-        self.forward_model = torch.compile(self.wrapped) if cfg.compile else self.wrapped
+        self.forward_model = maybe_compile(self.wrapped, cfg.compile, device, verbose=self.env.is_main)
         self.optimizer = build_optimizer(model, cfg, device)
         # fp16 has a narrow range: scale the loss up so small gradients do not flush to zero.
         self.scaler = grad_scaler(device, precision == "fp16", strategy)

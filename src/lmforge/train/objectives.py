@@ -15,8 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from ..data.sft import packed_attention_mask, packed_positions
-
-IGNORE_INDEX = -100  # label of positions that do not count (padding, masked prompts)
+from ..model.chunked_loss import IGNORE_INDEX  # label of positions that do not count (padding, masked prompts)
 
 
 def lm_loss_sum(model: torch.nn.Module, x: torch.Tensor, *rest: torch.Tensor) -> torch.Tensor:
@@ -27,9 +26,9 @@ def lm_loss_sum(model: torch.nn.Module, x: torch.Tensor, *rest: torch.Tensor) ->
     if len(rest) == 2:
         return packed_lm_loss_sum(model, x, *rest)
     (y,) = rest
-    logits = model(x)  # (B, T, V)
-    # The loss is computed in fp32 even under autocast: log-softmax over a large vocabulary loses precision in bf16.
-    return F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), ignore_index=IGNORE_INDEX, reduction="sum")
+    # The model computes the loss itself, in chunks of rows, without holding all (B, T, V) logits at once.
+    # (Its softmax is in fp32 even under autocast: a log-softmax over a large vocabulary loses precision in bf16.)
+    return model(x, targets=y)
 
 
 def packed_lm_loss_sum(model: torch.nn.Module, x: torch.Tensor, segment_ids: torch.Tensor,
@@ -40,8 +39,7 @@ def packed_lm_loss_sum(model: torch.nn.Module, x: torch.Tensor, segment_ids: tor
     every example, so a packed example gets exactly the logits it would get alone.
     """
     positions = packed_positions(segment_ids)
-    logits = model(x, positions, attn_mask=packed_attention_mask(segment_ids))
-    return F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), ignore_index=IGNORE_INDEX, reduction="sum")
+    return model(x, positions, attn_mask=packed_attention_mask(segment_ids), targets=y)
 
 
 def count_targets(y: torch.Tensor) -> torch.Tensor:
