@@ -81,6 +81,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # run as a script: bench/ siblings
@@ -97,15 +98,16 @@ QUIET_CPU = 0.15  # cores other processes may keep busy during a measurement bef
 # Shape -> model, batch and hyper-parameters. steps/warmup: (full run, --quick).
 SHAPES = {
     "gpt2-tiny": dict(preset="gpt2-tiny", block=64, batch=12, tokens="char", engines=("lmforge", "hf"),
-                      precisions=("fp32", "bf16"), extra=(("hf-adamw-loop", "fp32"),), lr=1e-3, min_lr=1e-4,
+                      precisions=("fp32", "bf16"), extra=(("hf-adamw-loop", "fp32"), ("lmforge-compile", "fp32")),
+                      lr=1e-3, min_lr=1e-4,
                       beta2=0.99, steps=(150, 30), warmup=(15, 5), rounds="small"),
     "gpt2-124m": dict(preset="gpt2-124m", block=256, batch=4, tokens="gpt2", engines=("lmforge", "hf"),
                       precisions=("fp32", "bf16"), extra=(("hf-adamw-loop", "fp32"),), lr=6e-4, min_lr=6e-5,
                       beta2=0.95, steps=(8, 3),
                       warmup=(2, 1), rounds="large"),
     "llama-tiny": dict(preset="llama-tiny", block=64, batch=12, tokens="char", engines=("lmforge", "litgpt"),
-                       precisions=("fp32", "bf16"), lr=1e-3, min_lr=1e-4, beta2=0.99, steps=(150, 30),
-                       warmup=(15, 5), rounds="small"),
+                       precisions=("fp32", "bf16"), extra=(("lmforge-compile", "fp32"), ("litgpt-compile", "fp32")),
+                       lr=1e-3, min_lr=1e-4, beta2=0.99, steps=(150, 30), warmup=(15, 5), rounds="small"),
 }
 # (name, shape, numerator (engine, precision), denominator (engine, precision), target ratio)
 TARGETS = [
@@ -114,6 +116,10 @@ TARGETS = [
     ("(b) gpt2-124m bf16 autocast: lmforge / HF", "gpt2-124m", ("lmforge", "bf16"), ("hf", "bf16"), 1.5),
     ("(b) gpt2-124m lmforge auto / HF fp32", "gpt2-124m", ("lmforge", "auto"), ("hf", "fp32"), 3.0),
     ("(2) llama-tiny fp32: lmforge / litgpt", "llama-tiny", ("lmforge", "fp32"), ("litgpt", "fp32"), 1.3),
+    # torch.compile (train.compile: true; litgpt's pretrain.py compiles by default, HF's Trainer does not)
+    ("(a) gpt2-tiny fp32: lmforge compiled / HF", "gpt2-tiny", ("lmforge-compile", "fp32"), ("hf", "fp32"), 1.5),
+    ("(2) llama-tiny fp32, both compiled: lmforge / litgpt", "llama-tiny", ("lmforge-compile", "fp32"),
+     ("litgpt-compile", "fp32"), 1.3),
 ]
 WEIGHT_DECAY, BETA1, GRAD_CLIP, SEED = 0.1, 0.9, 1.0, 0
 
@@ -207,7 +213,7 @@ def decay_groups(named_params, tables: tuple[str, ...]) -> list[dict]:
 
 # ---- one configuration, in its own process --------------------------------------------------------------
 def run_lmforge(shape: dict, precision: str, batches: torch.Tensor, vocab: int, weights: Path | None,
-                steps: int) -> dict:
+                steps: int, compile: bool = False) -> dict:
     from safetensors.torch import load_model
 
     from lmforge.model.gpt import GPT
@@ -222,8 +228,8 @@ def run_lmforge(shape: dict, precision: str, batches: torch.Tensor, vocab: int, 
     if precision == "auto":  # what `lmforge train` does with train.precision: auto (train/pretrain.py)
         precision = resolve_precision("auto", device, model.num_params())
     with tempfile.TemporaryDirectory() as run_dir:
-        trainer = Trainer(model, None, FixedBatches(batches), None, train_config(shape, steps, precision, run_dir),
-                          run_dir, device, precision)
+        cfg = replace(train_config(shape, steps, precision, run_dir), compile=compile)  # train.compile
+        trainer = Trainer(model, None, FixedBatches(batches), None, cfg, run_dir, device, precision)
         times, losses = timed_steps(trainer.train_step, steps)
     return {"resolved_precision": precision, "times": times, "losses": losses}
 
@@ -280,7 +286,8 @@ def litgpt_config(shape: dict, vocab: int):
                   mlp_class_name="LLaMAMLP", intermediate_size=352)
 
 
-def run_litgpt(shape: dict, precision: str, batches: torch.Tensor, vocab: int, steps: int) -> dict:
+def run_litgpt(shape: dict, precision: str, batches: torch.Tensor, vocab: int, steps: int,
+               compile: bool = False) -> dict:
     import lightning as L
     from litgpt.model import GPT
     from litgpt.pretrain import initialize_weights
@@ -292,6 +299,8 @@ def run_litgpt(shape: dict, precision: str, batches: torch.Tensor, vocab: int, s
     model = GPT(config)
     initialize_weights(fabric, model, n_layer=config.n_layer, n_embd=config.n_embd)
     model.transformer.wte.weight = model.lm_head.weight  # pretrain.py's train.tie_embeddings, as llama-tiny ties
+    if compile:  # what litgpt's pretrain.py does before fabric.setup
+        model = torch.compile(model)
     model = fabric.setup(model)
     groups = decay_groups(model.named_parameters(), ("wte.weight",))
     optimizer = fabric.setup_optimizers(torch.optim.AdamW(groups, lr=shape["lr"], betas=(BETA1, shape["beta2"])))
@@ -338,12 +347,14 @@ def child(spec: dict) -> dict:
     steps = spec["warmup"] + spec["steps"]
     weights = Path(spec["weights"]) if spec.get("weights") else None
     load_before = os.getloadavg()[0]
-    if spec["engine"] == "lmforge":
-        out = run_lmforge(shape, spec["precision"], batches, spec["vocab"], weights, steps)
+    if spec["engine"] in ("lmforge", "lmforge-compile"):
+        out = run_lmforge(shape, spec["precision"], batches, spec["vocab"], weights, steps,
+                          compile=spec["engine"] == "lmforge-compile")
     elif spec["engine"] in ("hf", "hf-adamw-loop"):
         out = run_hf(shape, spec["precision"], batches, spec["vocab"], weights, steps, fused=spec["engine"] == "hf")
     else:
-        out = run_litgpt(shape, spec["precision"], batches, spec["vocab"], steps)
+        out = run_litgpt(shape, spec["precision"], batches, spec["vocab"], steps,
+                         compile=spec["engine"] == "litgpt-compile")
     timed = out["times"][spec["warmup"]:]
     return {**{k: spec[k] for k in ("engine", "shape", "precision")}, **out,
             "ms_per_step": 1000 * statistics.median(timed), "ms_per_step_mean": 1000 * statistics.fmean(timed),
@@ -548,8 +559,8 @@ def main() -> None:
                 for engine, precision in (configs if round_no % 2 == 0 else configs[::-1]):
                     spec = {"engine": engine, "shape": name, "precision": precision, "steps": steps, "warmup": warmup,
                             "threads": args.threads, "batches": str(batches_file), "vocab": vocab,
-                            "weights": str(weights_file) if weights_file and engine != "litgpt" else None}
-                    python = bench_python(args) if engine == "litgpt" else sys.executable
+                            "weights": str(weights_file) if weights_file and not engine.startswith("litgpt") else None}
+                    python = bench_python(args) if engine.startswith("litgpt") else sys.executable
                     r = measure(spec, python, args, f"{name} {engine} {precision} round {round_no + 1}")
                     key = (engine, precision)
                     runs = best.get(key, {}).get("runs", []) + r["runs"]

@@ -72,7 +72,9 @@ def test_only_the_weight_needs_a_gradient():  # e.g. a frozen body under the out
     torch.testing.assert_close(w1.grad, w2.grad, rtol=1e-5, atol=1e-6)
 
 
-def test_the_model_given_targets_returns_the_loss_of_its_logits():
+@pytest.mark.parametrize("chunk_logits", [1 << 23, 1000])  # one plain loss; chunks of 64 rows
+def test_the_model_given_targets_returns_the_loss_of_its_logits(monkeypatch, chunk_logits):
+    monkeypatch.setattr(chunked_loss, "CHUNK_LOGITS", chunk_logits)
     from lmforge.model.config import ModelConfig
     from lmforge.model.gpt import GPT
 

@@ -25,6 +25,11 @@ def chunk_rows(vocab_size: int) -> int:
     return max(64, CHUNK_LOGITS // vocab_size)
 
 
+def worth_chunking(n_rows: int, vocab_size: int) -> bool:
+    """Chunk only logits bigger than one chunk: small ones are cheap, and torch.compile can fuse the plain loss."""
+    return n_rows * vocab_size > CHUNK_LOGITS
+
+
 # torch.compile would try to trace the chunk loop and the hand-written backward; it runs eagerly instead.
 @torch.compiler.disable
 def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,

@@ -13,7 +13,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .attention import CausalSelfAttention, attention_mask
-from .chunked_loss import IGNORE_INDEX, linear_cross_entropy
+from .chunked_loss import IGNORE_INDEX, linear_cross_entropy, worth_chunking
 from .config import ModelConfig
 from .linear import Linear
 from .kv_cache import KVCache
@@ -107,9 +107,10 @@ class GPT(nn.Module):
         hidden = self.hidden_states(idx, positions, cache, attn_mask)
         if targets is None:
             return self.lm_head(hidden)
-        if type(self.lm_head) is Linear and self.lm_head.bias is None:
+        plain_head = type(self.lm_head) is Linear and self.lm_head.bias is None
+        if plain_head and worth_chunking(targets.numel(), self.config.vocab_size):
             return linear_cross_entropy(hidden, self.lm_head.weight, targets)
-        # An output layer with extras (a LoRA adapter, a quantized weight): logits first, then the loss.
+        # Small logits, or an output layer with extras (a LoRA adapter, a quantized weight): logits, then the loss.
         logits = self.lm_head(hidden).float()
         return F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX, reduction="sum")
 
