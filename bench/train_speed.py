@@ -43,11 +43,15 @@ What each engine runs (adapt here if an API changes):
   `clip_grad_norm_`. bf16 means `torch.autocast("cpu", torch.bfloat16)` around forward and loss, as
   `Trainer(bf16=True)` does. HF's attention implementation is "sdpa" (transformers' default).
 * **hf-adamw-loop** (fp32, for information): the same with `torch.optim.AdamW`'s own CPU default,
-  a Python loop over the parameters, which is what lmforge's `build_optimizer` gets on CPU.
+  a Python loop over the parameters.
+* **hf-malloc** (124M bf16, for information): **hf** with glibc's malloc told by environment variables
+  (MALLOC_MMAP_MAX_=0, MALLOC_TRIM_THRESHOLD_) to reuse freed memory, which lmforge's Trainer does
+  in-process (`train.reuse_memory`, lmforge/utils/malloc.py): how much of the gap is the allocator.
 * **litgpt**: the step of litgpt's `pretrain.py`: a `lightning.Fabric` (CPU, 1 device,
   "32-true" or "bf16-mixed"), `model(x)`, `litgpt.utils.chunked_cross_entropy`, `fabric.backward`,
   `fabric.clip_gradients(max_norm=1.0)`, AdamW step, `zero_grad`. pretrain.py also wraps the model in
-  `torch.compile`; lmforge runs eager by default (`train.compile: false`), so both run eager here.
+  `torch.compile`; lmforge runs eager by default (`train.compile: false`), so both run eager in the
+  **litgpt** rows, and both compiled in the **lmforge-compile** / **litgpt-compile** rows.
   The vocabulary is not padded (`padded_vocab_size=65`; litgpt would pad to 512 by default), so that
   both compute the same matmuls.
 
@@ -102,8 +106,8 @@ SHAPES = {
                       lr=1e-3, min_lr=1e-4,
                       beta2=0.99, steps=(150, 30), warmup=(15, 5), rounds="small"),
     "gpt2-124m": dict(preset="gpt2-124m", block=256, batch=4, tokens="gpt2", engines=("lmforge", "hf"),
-                      precisions=("fp32", "bf16"), extra=(("hf-adamw-loop", "fp32"),), lr=6e-4, min_lr=6e-5,
-                      beta2=0.95, steps=(8, 3),
+                      precisions=("fp32", "bf16"), extra=(("hf-adamw-loop", "fp32"), ("hf-malloc", "bf16")),
+                      lr=6e-4, min_lr=6e-5, beta2=0.95, steps=(8, 3),
                       warmup=(2, 1), rounds="large"),
     "llama-tiny": dict(preset="llama-tiny", block=64, batch=12, tokens="char", engines=("lmforge", "litgpt"),
                        precisions=("fp32", "bf16"), extra=(("lmforge-compile", "fp32"), ("litgpt-compile", "fp32")),
@@ -122,6 +126,7 @@ TARGETS = [
      ("litgpt-compile", "fp32"), 1.3),
 ]
 WEIGHT_DECAY, BETA1, GRAD_CLIP, SEED = 0.1, 0.9, 1.0, 0
+HF_MALLOC_ENV = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(2**31 - 1)}  # see lmforge/utils/malloc.py
 
 
 # ---- data: the same batches for every engine ----------------------------------------------------------
@@ -350,8 +355,9 @@ def child(spec: dict) -> dict:
     if spec["engine"] in ("lmforge", "lmforge-compile"):
         out = run_lmforge(shape, spec["precision"], batches, spec["vocab"], weights, steps,
                           compile=spec["engine"] == "lmforge-compile")
-    elif spec["engine"] in ("hf", "hf-adamw-loop"):
-        out = run_hf(shape, spec["precision"], batches, spec["vocab"], weights, steps, fused=spec["engine"] == "hf")
+    elif spec["engine"] in ("hf", "hf-adamw-loop", "hf-malloc"):
+        out = run_hf(shape, spec["precision"], batches, spec["vocab"], weights, steps,
+                     fused=spec["engine"] != "hf-adamw-loop")
     else:
         out = run_litgpt(shape, spec["precision"], batches, spec["vocab"], steps,
                          compile=spec["engine"] == "litgpt-compile")
@@ -381,8 +387,10 @@ def measure(spec: dict, python: str, args: argparse.Namespace, label: str) -> di
 
 def run_child(spec: dict, python: str) -> dict:
     command = [python, str(Path(__file__).resolve()), "--child", json.dumps(spec)]
+    # hf-malloc: HF with glibc told, by environment, what lmforge's train.reuse_memory tells it in-process
+    env = {**os.environ, **(HF_MALLOC_ENV if spec["engine"] == "hf-malloc" else {})}
     before = cpu_snapshot()
-    proc = subprocess.run(command, capture_output=True, text=True, check=False, cwd=ROOT)
+    proc = subprocess.run(command, capture_output=True, text=True, check=False, cwd=ROOT, env=env)
     if proc.returncode != 0:
         raise RuntimeError(f"{spec['engine']} {spec['shape']} {spec['precision']} failed:\n{proc.stderr[-4000:]}")
     return {**json.loads(proc.stdout.strip().splitlines()[-1]), "others_cpu": others_cpu(before, cpu_snapshot())}

@@ -29,9 +29,9 @@ class RecordingEngine(Engine):
         super().__init__(model, tokenizer)
         self.threads: set[str] = set()
 
-    def stream(self, prompt, params):
+    def stream(self, prompt, params, finished=None):
         self.threads.add(threading.current_thread().name)
-        yield from super().stream(prompt, params)
+        yield from super().stream(prompt, params, finished)
 
     def generate(self, prompts, params):
         self.threads.add(threading.current_thread().name)
@@ -128,6 +128,32 @@ def test_streamed_chunks_join_to_the_whole_text(client, endpoint):
     assert len(chunks) > 2 and len({c.id for c in chunks}) == 1
     assert [c.choices[0].finish_reason for c in chunks][-1] == whole.finish_reason == "length"
     assert all(c.choices[0].finish_reason is None for c in chunks[:-1])
+
+
+def test_streamed_finish_reason_is_the_engines_not_a_recount(client, engine):
+    # max_tokens 12 from a 64-token context: the engine stops on "length" (or "stop" at end-of-text); the
+    # last chunk must say what the engine says, whatever re-encoding the text would count.
+    expected = engine.generate(["Hello"], _params(12))[0]
+    chunks = list(client.completions.create(prompt="Hello", stream=True, **GREEDY))
+    assert chunks[-1].choices[0].finish_reason == expected.finish_reason
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_prompt_longer_than_the_context_is_cut_and_the_client_told(base_url, stream):
+    body = {**GREEDY, "prompt": "abc" * 30, "stream": stream}  # 90 characters, context 64
+    with httpx.stream("POST", f"{base_url}/v1/completions", json=body) as response:
+        warning = response.headers.get("x-lmforge-warning", "")
+        response.read()
+    assert response.status_code == 200
+    assert "prompt 0 is 90 tokens, longer than the model's context of 64: its first 26 tokens were dropped" in warning
+    if not stream:
+        assert response.json()["warnings"] == [warning]
+        assert response.json()["usage"]["prompt_tokens"] == 64
+
+
+def test_a_prompt_that_fits_gets_no_warning(base_url):
+    response = httpx.post(f"{base_url}/v1/completions", json={**GREEDY, "prompt": "Hello"})
+    assert "x-lmforge-warning" not in response.headers and "warnings" not in response.json()
 
 
 def test_raw_event_stream_ends_with_done(base_url):

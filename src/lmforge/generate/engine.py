@@ -204,12 +204,22 @@ class Engine:
     def __init__(self, model: GPT, tokenizer: Tokenizer, max_batch_size: int = 16):
         self.model, self.tokenizer, self.max_batch_size = model, tokenizer, max_batch_size
 
-    def stream(self, prompt: str, params: SamplingParams) -> Iterator[str]:
-        """Pieces of generated text as they are produced (never empty, never half a character)."""
+    def stream(self, prompt: str, params: SamplingParams, finished: list[TextStream] | None = None) -> Iterator[str]:
+        """Pieces of generated text as they are produced (never empty, never half a character).
+
+        Pass a list as `finished` to learn how it ended: the TextStream (finish_reason, token_ids) is
+        appended to it when the last piece has been handed out.
+        """
         params.validate()
         stream = TextStream(self.tokenizer, params.stop)
         for _, piece in self._run([self._prompt_ids(prompt)], [stream], params):
             yield piece
+        if finished is not None:
+            finished.append(stream)
+
+    def prompt_overflow(self, prompt: str) -> int:
+        """How many tokens of `prompt` do not fit the context (the oldest ones, dropped before generating)."""
+        return max(0, len(self.tokenizer.encode(prompt)) - self.model.config.block_size)
 
     def generate(self, prompts: list[str], params: SamplingParams) -> list[Completion]:
         """One completion per prompt, in order."""

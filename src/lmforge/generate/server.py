@@ -97,8 +97,10 @@ class GenerationWorker:
     async def generate(self, prompts: list[str], params: SamplingParams) -> list[Completion]:
         return await asyncio.get_running_loop().run_in_executor(self.executor, self.engine.generate, prompts, params)
 
-    async def stream(self, prompt: str, params: SamplingParams) -> AsyncIterator[str]:
-        """Pieces of text as the worker produces them, handed over through an asyncio queue."""
+    async def stream(self, prompt: str, params: SamplingParams, finished: list | None = None) -> AsyncIterator[str]:
+        """Pieces of text as the worker produces them, handed over through an asyncio queue.
+
+        `finished` receives the engine's TextStream at the end (see Engine.stream)."""
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue = asyncio.Queue()
         cancelled = threading.Event()
@@ -106,7 +108,7 @@ class GenerationWorker:
 
         def produce() -> None:
             try:
-                for piece in self.engine.stream(prompt, params):
+                for piece in self.engine.stream(prompt, params, finished):
                     if cancelled.is_set():  # the client went away: free the worker for the next request
                         break
                     loop.call_soon_threadsafe(queue.put_nowait, piece)
@@ -125,13 +127,15 @@ class GenerationWorker:
             cancelled.set()
 
 
-def streamed_finish_reason(engine: Engine, text: str, params: SamplingParams) -> str:
-    """ "length" when streamed text used up max_tokens, else "stop".
-
-    Engine.stream yields text only, so its tokens are counted by encoding it again; a stop string or
-    end-of-text ends the text early, leaving fewer tokens than max_tokens.
-    """
-    return "length" if len(engine.tokenizer.encode(text)) >= params.max_new_tokens else "stop"
+def prompt_warnings(engine: Engine, prompts: list[str]) -> list[str]:
+    """What the client should know about its prompts: those longer than the context lose their oldest tokens."""
+    block = engine.model.config.block_size
+    notes = []
+    for i, prompt in enumerate(prompts):
+        if dropped := engine.prompt_overflow(prompt):
+            notes.append(f"prompt {i} is {dropped + block} tokens, longer than the model's context of {block}: "
+                         f"its first {dropped} tokens were dropped")
+    return notes
 
 
 # ---- turning a request into engine calls ----
@@ -250,18 +254,23 @@ async def stream_events(worker: GenerationWorker, job: Job, api: Api, model_name
     for index, prompt, params in job.samples():
         if (opening := api.opening_chunk(index)) is not None:
             yield event(opening)
-        text = ""
-        async for piece in worker.stream(prompt, params):
-            text += piece
+        finished: list = []
+        async for piece in worker.stream(prompt, params, finished):
             yield event(api.chunk(index, piece, None))
-        yield event(api.chunk(index, "", streamed_finish_reason(worker.engine, text, params)))
+        yield event(api.chunk(index, "", finished[0].finish_reason if finished else "stop"))
     yield "data: [DONE]\n\n"
 
 
 async def answer(worker: GenerationWorker, job: Job, api: Api, model_name: str, stream: bool):
+    """The response; a prompt cut to fit the context is reported in the `x-lmforge-warning` header and, in a
+    whole (non-streamed) answer, in a `warnings` list (OpenAI clients ignore fields they do not know)."""
+    notes = prompt_warnings(worker.engine, job.prompts)
+    headers = {"x-lmforge-warning": " | ".join(notes)} if notes else None
     if stream:
-        return StreamingResponse(stream_events(worker, job, api, model_name), media_type="text/event-stream")
-    return await complete(worker, job, api, model_name)
+        return StreamingResponse(stream_events(worker, job, api, model_name), media_type="text/event-stream",
+                                 headers=headers)
+    body = await complete(worker, job, api, model_name)
+    return JSONResponse({**body, "warnings": notes}, headers=headers) if notes else body
 
 
 # ---- errors ----

@@ -36,6 +36,7 @@ from ..dist.world_change import data_position_for_world, rng_for_rank
 from ..dist.wrap import grad_scaler, gradient_sync, wrap_model
 from ..generate.engine import generate_text
 from ..utils.device import autocast
+from ..utils.malloc import keep_freed_memory
 from . import checkpoint as ckpt
 from .config import TrainConfig
 from .diagnose import write_diagnosis
@@ -105,6 +106,8 @@ class Trainer:
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.device, self.precision, self.loss_fn = device, precision, loss_fn
+        if device.type == "cpu" and cfg.reuse_memory:
+            keep_freed_memory()  # big tensors reuse freed memory instead of fresh pages every step (utils/malloc.py)
         # How checkpoints store the model: all weights by default; fine-tuning may store less (LoRA adapters).
         self.model_files = model_files or ckpt.FullWeights()
         resume_path = self._resume_path()
