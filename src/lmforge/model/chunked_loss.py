@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 
 IGNORE_INDEX = -100
-CHUNK_LOGITS = 1 << 23  # logits per chunk: 8M floats = 32 MB
+CHUNK_LOGITS = 1 << 24  # logits per chunk: 16M floats = 64 MB (smaller chunks make the matmuls slower)
 
 
 def chunk_rows(vocab_size: int) -> int:
@@ -86,15 +86,19 @@ def _chunks(hidden, weight, targets, ignore_index, compute_dtype, grad_hidden_wa
         t = targets[rows]
         counts = t != ignore_index
         safe_t = torch.where(counts, t, 0)[:, None]  # any valid index; the row is zeroed below
-        logits = (h @ w.T).float()  # (n, V)
-        log_norm = torch.logsumexp(logits, dim=-1, keepdim=True)  # (n, 1)
-        loss += ((log_norm - logits.gather(1, safe_t)).squeeze(1) * counts).sum()
+        # One fused pass from the (possibly bf16) logits to fp32 log-probabilities; every pass over a
+        # (rows, V) chunk costs about as much as a tenth of its matmul, so they are kept few.
+        log_probs = torch.log_softmax(h @ w.T, dim=-1, dtype=torch.float32)  # (n, V)
+        loss -= (log_probs.gather(1, safe_t).squeeze(1) * counts).sum()
         if grad_hidden is None and grad_weight is None:
             continue
         # d loss / d logits = softmax(logits) - one_hot(target), zero on ignored rows; reuse the buffer.
-        d_logits = logits.sub_(log_norm).exp_()
+        d_logits = log_probs.exp_()
         d_logits.scatter_add_(1, safe_t, torch.full_like(safe_t, -1, dtype=d_logits.dtype))
-        d_logits.mul_(counts[:, None])
+        if d_logits.device.type != "cpu":
+            d_logits.mul_(counts[:, None])  # no host sync on a GPU
+        elif not counts.all():
+            d_logits[~counts] = 0  # most chunks ignore no row: skip the pass
         d_logits = d_logits.to(compute_dtype)
         if grad_hidden is not None:
             grad_hidden[rows] = (d_logits @ w).to(hidden.dtype)
