@@ -238,3 +238,36 @@ def test_rerunning_a_finished_run_trains_nothing_more(tiny_data, tmp_path):
     result = again.fit()
     assert result.steps == 10 and result.stop_reason == "max_steps reached"
     assert metrics(run)["steps"][-1] == 10
+
+
+def test_activation_checkpointing_gives_the_same_losses_with_dropout(tiny_data, tmp_path):
+    plain = make_trainer(tiny_data, tmp_path / "plain", dropout=0.1)
+    recomputed = make_trainer(tiny_data, tmp_path / "ckpt", dropout=0.1, activation_checkpointing=True)
+    assert recomputed.model.activation_checkpointing and not plain.model.activation_checkpointing
+    losses = []
+    for trainer in (plain, recomputed):
+        torch.manual_seed(1)  # the same dropout masks for both, if the recomputation replays them
+        losses.append([float(trainer.train_step()) for _ in range(4)])
+    assert losses[0] == pytest.approx(losses[1], rel=1e-6)
+    for a, b in zip(plain.model.parameters(), recomputed.model.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_activation_checkpointing_keeps_fewer_tensors_for_backward():
+    torch.manual_seed(0)
+    model = GPT(ModelConfig(n_layer=4, n_head=2, n_embd=64, block_size=64, vocab_size=50))
+    x = torch.randint(0, 50, (4, 64))
+
+    def saved_bytes(recompute):
+        model.activation_checkpointing = recompute
+        total = []
+
+        def pack(t):
+            total.append(t.numel() * t.element_size())
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            model(x, targets=x).backward()
+        return sum(total)
+
+    assert saved_bytes(True) < 0.5 * saved_bytes(False)

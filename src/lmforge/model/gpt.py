@@ -11,6 +11,7 @@ import math
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from .attention import CausalSelfAttention, attention_mask
 from .chunked_loss import IGNORE_INDEX, linear_cross_entropy, worth_chunking
@@ -49,6 +50,8 @@ class GPT(nn.Module):
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
         self.final_norm = make_norm(cfg)
         self.lm_head = Linear(cfg.n_embd, cfg.vocab_size, bias=False)
+        # Activation checkpointing (a training choice, not part of the architecture): see hidden_states.
+        self.activation_checkpointing = False
         if cfg.tie_embeddings:
             self.lm_head.weight = self.tok_emb.weight
         if cfg.pos == "rope":
@@ -142,8 +145,15 @@ class GPT(nn.Module):
         else:
             mask = attention_mask(T, past + T, attn_mask, idx.device)
         x = self.drop(x)
+        recompute = self.activation_checkpointing and self.training and torch.is_grad_enabled() and cache is None
         for i, block in enumerate(self.blocks):
-            x = block(x, rope, cache[i] if cache is not None else None, mask)
+            if recompute:
+                # Keep only each block's input; backward runs the block again to get what it needs (about
+                # a third more compute for activation memory that no longer grows with the blocks' insides).
+                # The random state is replayed, so dropout masks match.
+                x = checkpoint(block, x, rope, None, mask, use_reentrant=False)
+            else:
+                x = block(x, rope, cache[i] if cache is not None else None, mask)
         return self.final_norm(x)
 
     def _rope_angles(self, positions: torch.Tensor | None, past: int, T: int) -> tuple[torch.Tensor, torch.Tensor]:

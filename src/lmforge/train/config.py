@@ -34,6 +34,8 @@ class TrainConfig:
         "help": "auto picks bf16 autocast where it helps, else fp32; fp16 needs CUDA"})
     device: str = field(default="auto", metadata={"help": "auto | cpu | cuda | cuda:N | mps"})
     compile: bool = field(default=False, metadata={"help": "torch.compile the model (slow first step)"})
+    activation_checkpointing: bool = field(default=False, metadata={
+        "help": "recompute each block's activations in backward instead of storing them: less memory, ~30% slower"})
     reuse_memory: bool = field(default=True, metadata={
         "help": "CPU: keep freed memory in the process (glibc malloc) instead of page-faulting big tensors in "
                 "every step: faster, a few % more peak memory"})

@@ -115,6 +115,12 @@ class Trainer:
             self.model_files.load(model, resume_path)
         self.full_model = FullModel(model, strategy, self.env.is_main)  # what checkpoints and samples read
         self.model.to(device)
+        if cfg.activation_checkpointing:
+            transformers = [m for m in model.modules() if hasattr(m, "activation_checkpointing")]
+            if not transformers:
+                raise ValueError("train.activation_checkpointing: this model does not support it")
+            for module in transformers:  # the GPT itself, or the body under a task head
+                module.activation_checkpointing = True
         # forward runs on `wrapped`: the model itself, its DDP wrapper, or the model sharded in place by FSDP.
         self.wrapped = wrap_model(model, strategy, device)
         self.forward_model = maybe_compile(self.wrapped, cfg.compile, device, verbose=self.env.is_main)
