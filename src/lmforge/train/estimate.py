@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..model.chunked_loss import chunk_rows, worth_chunking
 from ..model.config import ModelConfig
 from ..model.gpt import GPT
 from .config import TrainConfig
@@ -37,7 +38,7 @@ RUNTIME_BYTES = 300 * 2**20
 # Typical shares of the matmul ceiling that training reaches (MFU). CPU fp32: GPT-2 124M at batch 4 x 256
 # measured 4.7 s/step = 45% of 372 GFLOP/s on a 2-core Xeon; bf16 reaches a smaller share of its much
 # higher ceiling (casts and non-matmul work do not speed up). GPU: a common figure for a good run.
-ASSUMED_MFU = {("cpu", "fp32"): 0.45, ("cpu", "bf16"): 0.2, ("cuda", "bf16"): 0.4, ("cuda", "fp16"): 0.4,
+ASSUMED_MFU = {("cpu", "fp32"): 0.6, ("cpu", "bf16"): 0.2, ("cuda", "bf16"): 0.4, ("cuda", "fp16"): 0.4,
                ("cuda", "fp32"): 0.4}
 LOGIT_COPIES = 2  # at the peak: the log-softmax cross-entropy saved, and the gradient of the logits
 
@@ -66,17 +67,25 @@ def count_params(model_cfg: ModelConfig) -> tuple[int, int]:
     return model.num_params(), model.num_params(exclude_embeddings=True)
 
 
-def activation_bytes(model_cfg: ModelConfig, batch: int, precision: str) -> int:
+def activation_bytes(model_cfg: ModelConfig, batch: int, precision: str, checkpointing: bool = False) -> int:
     """Bytes the forward pass of one micro-batch keeps for the backward pass (see the module docstring)."""
     tokens = batch * model_cfg.block_size
-    width, hidden = model_cfg.n_embd, model_cfg.hidden_dim
+    width, hidden, vocab = model_cfg.n_embd, model_cfg.hidden_dim, model_cfg.vocab_size
     mlp = (4 if model_cfg.mlp == "swiglu" else 2) * hidden
     per_token_per_block = 8 * width + mlp
     if model_cfg.dropout > 0:
         per_token_per_block += 3 * width  # dropout masks (1 byte each, counted loosely as numbers)
     element = 2 if precision in ("bf16", "fp16") else 4
-    blocks = model_cfg.n_layer * tokens * per_token_per_block * element
-    logits = LOGIT_COPIES * tokens * model_cfg.vocab_size * 4  # the loss is computed in fp32
+    if checkpointing:  # each block keeps its input; one block at a time is rebuilt in backward
+        blocks = (model_cfg.n_layer * width + per_token_per_block) * tokens * element
+    else:
+        blocks = model_cfg.n_layer * tokens * per_token_per_block * element
+    if worth_chunking(tokens, vocab):
+        # model/chunked_loss.py: one chunk of fp32 log-probabilities and its 16/32-bit copy, and the
+        # gradients of the hidden states and of the output weight, instead of all the logits
+        logits = chunk_rows(vocab) * vocab * (4 + element) + tokens * width * 4 + vocab * width * element
+    else:
+        logits = LOGIT_COPIES * tokens * vocab * 4  # the loss is computed in fp32
     return blocks + logits
 
 
@@ -117,7 +126,8 @@ def estimate_run(model_cfg: ModelConfig, train_cfg: TrainConfig, device: torch.d
         "weights": 4 * params,
         "gradients": 4 * params,
         "optimizer": optimizer_bytes * params,
-        "activations": activation_bytes(model_cfg, train_cfg.batch_size, precision),
+        "activations": activation_bytes(model_cfg, train_cfg.batch_size, precision,
+                                        train_cfg.activation_checkpointing),
     }
     if precision in ("bf16", "fp16"):
         memory["weight copies"] = 2 * params  # autocast keeps 16-bit copies of the weights for the step
@@ -135,8 +145,9 @@ def suggest_batch(model_cfg: ModelConfig, train_cfg: TrainConfig, precision: str
                   fixed_bytes: int) -> tuple[int, int] | None:
     """The largest micro-batch whose activations fit `budget_bytes` next to `fixed_bytes`, and the
     accumulation that keeps the configured batch (batch_size x grad_accum_steps); None if even 1 does not fit."""
-    per_sequence = activation_bytes(model_cfg, 1, precision)
-    room = budget_bytes - fixed_bytes
+    one, two = (activation_bytes(model_cfg, b, precision, train_cfg.activation_checkpointing) for b in (1, 2))
+    per_sequence = max(1, two - one)  # what each further sequence adds (the chunked loss has a fixed part)
+    room = budget_bytes - fixed_bytes - (one - per_sequence)
     if room < per_sequence:
         return None
     wanted = train_cfg.batch_size * train_cfg.grad_accum_steps
