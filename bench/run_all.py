@@ -46,6 +46,7 @@ BENCHMARKS = {
     "ingest_throughput": ("ingest_throughput.py", False, False),
     "train_speed": ("train_speed.py", True, True),
     "quality_per_minute": ("quality_per_minute.py", True, True),
+    "mfu": ("mfu.py", True, True),  # GPT-2 124M at block 1024: run by default only where CUDA is available
 }
 BUSY_CPU = 0.2  # cores other processes kept busy, on average, above which a benchmark is flagged
 
@@ -170,10 +171,18 @@ def machine() -> dict:
     return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version()}
 
 
+def torch_cuda_available() -> bool:
+    """Asked in a child process, so that this script itself does not import torch."""
+    probe = subprocess.run([sys.executable, "-c", "import torch; print(torch.cuda.is_available())"],
+                           capture_output=True, text=True, check=False)
+    return probe.stdout.strip() == "True"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="pass --quick to the benchmarks that have it")
-    parser.add_argument("--only", default=",".join(BENCHMARKS), help=f"comma-separated from {', '.join(BENCHMARKS)}")
+    default = [n for n in BENCHMARKS if n != "mfu" or torch_cuda_available()]
+    parser.add_argument("--only", default=",".join(default), help=f"comma-separated from {', '.join(BENCHMARKS)}")
     parser.add_argument("--results-dir", default=str(BENCH / "results"))
     parser.add_argument("--reuse", default="", help="comma-separated benchmarks not to run: their result files in "
                         "--results-dir, from an earlier run, are collected as they are")

@@ -204,7 +204,7 @@ class Trainer:
         n_targets, n_tokens = self._global_counts(micro_batches)
         total_loss = torch.zeros((), device=self.device)
         for i, batch in enumerate(micro_batches):
-            batch = [t.to(self.device, non_blocking=True) for t in batch]
+            batch = [_to_device(t, self.device) for t in batch]
             # Ranks exchange gradients once per step, in the last micro-batch's backward; before it they only add up.
             with gradient_sync(self.wrapped, enabled=i == len(micro_batches) - 1):
                 with autocast(self.device, self.precision):
@@ -415,3 +415,11 @@ class Trainer:
                            train_loss=self.last_train_loss, val_loss=self.last_val_loss,
                            best_val_loss=s.best_val_loss if math.isfinite(s.best_val_loss) else None,
                            best_step=s.best_step, elapsed=s.elapsed, verdict=verdict)
+
+
+def _to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A batch tensor on the training device. To a GPU it goes from page-locked (pinned) memory, so the copy
+    runs asynchronously and the host does not wait for it; on CPU it is the tensor itself."""
+    if device.type == "cuda" and tensor.device.type == "cpu":
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor.to(device)
