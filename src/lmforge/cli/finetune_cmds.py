@@ -17,17 +17,21 @@ EXIT_FAILED, EXIT_INTERRUPTED = 1, 130
 
 def cmd_finetune(args: argparse.Namespace, overrides: list[str]) -> int:
     from ..config.run import load_run_config, preset_raw, render_config
+    from ..dist.env import env_from_torchrun
     from ..train.finetune import run_finetuning
-    from .main import _config_source, _print_summary
+    from .main import _config_source, _print_summary, _relaunch_under_torchrun
 
+    if args.nproc is not None and args.nproc != 1:
+        return _relaunch_under_torchrun(args.nproc, [args.config, *overrides], verb="finetune")
     path, base = _config_source(args.config, preset_raw)
     cfg = load_run_config(path, overrides, base=base)
     config_yaml = render_config(cfg, "Resolved config of this fine-tuning run.")
-    result, setup = run_finetuning(cfg.model, cfg.data, cfg.train, cfg.finetune, cfg.ingest, config_yaml)
-    if cfg.finetune.task == "classify":
-        _classification_report(result.run_dir, setup)
-    else:
-        _print_summary(result, setup.sample_prompt)
+    result, setup = run_finetuning(cfg.model, cfg.data, cfg.train, cfg.finetune, cfg.ingest, config_yaml, cfg.dist)
+    if env_from_torchrun().is_main:  # under torchrun, one report rather than one per process
+        if cfg.finetune.task == "classify":
+            _classification_report(result.run_dir, setup)
+        else:
+            _print_summary(result, setup.sample_prompt)
     if result.stop_reason.startswith("diverged"):
         return EXIT_FAILED
     return EXIT_INTERRUPTED if result.stop_reason.startswith("interrupted") else 0
@@ -105,6 +109,8 @@ def register(sub) -> None:
                                    "data.path to the data, finetune.task and finetune.method. Any key can be "
                                    "overridden as --section.key=value.")
     p.add_argument("config", help="a YAML run config or a preset name (sft-lora, classify-spam, ...)")
+    p.add_argument("--nproc", type=int, metavar="N", help="fine-tune on N processes of this machine (re-launches "
+                   "under torchrun --standalone; full and LoRA fine-tuning; see docs/distributed.md)")
     p.set_defaults(func=cmd_finetune)
 
     p = sub.add_parser("classify", help="predict the class of texts with a classification checkpoint")

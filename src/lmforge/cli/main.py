@@ -46,19 +46,19 @@ def cmd_train(args: argparse.Namespace, overrides: list[str]) -> int:
     return EXIT_INTERRUPTED if result.stop_reason.startswith("interrupted") else 0
 
 
-def torchrun_command(nproc: int, train_args: list[str]) -> list[str]:
-    """`lmforge train ARGS` as N processes of this machine: torchrun's rendezvous on a free local port."""
+def torchrun_command(nproc: int, train_args: list[str], verb: str = "train") -> list[str]:
+    """`lmforge VERB ARGS` as N processes of this machine: torchrun's rendezvous on a free local port."""
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-            "-m", "lmforge", "train", *train_args]
+            "-m", "lmforge", verb, *train_args]
 
 
-def _relaunch_under_torchrun(nproc: int, train_args: list[str]) -> int:
+def _relaunch_under_torchrun(nproc: int, train_args: list[str], verb: str = "train") -> int:
     """Replace this process by torchrun running the same command without --nproc (Ctrl-C then reaches torchrun)."""
     if nproc < 1:
         raise ValueError(f"--nproc: must be at least 1, got {nproc}")
     if "RANK" in os.environ:
         raise ValueError("--nproc: this process was already started by torchrun; drop --nproc")
-    command = torchrun_command(nproc, train_args)
+    command = torchrun_command(nproc, train_args, verb)
     print(f"launching {nproc} processes: {shlex.join(command)}", flush=True)
     os.execv(sys.executable, command)
     return 0  # not reached: execv does not return

@@ -37,7 +37,7 @@ class TokenBatches:
         _check_positive(block_size=block_size, batch_size=batch_size, world_size=world_size)
         if not 0 <= rank < world_size:
             raise ValueError(f"rank must be in [0, world_size={world_size}), got {rank}")
-        self.split = split
+        self.data_dir, self.split = Path(data_dir), split
         self.tokens = open_tokens(data_dir, split)
         self.block_size = block_size
         self.batch_size = batch_size

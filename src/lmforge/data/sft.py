@@ -339,8 +339,23 @@ class ExampleBatches:
         self.item_count, self.batch_size, self.seed = item_count, batch_size, seed
         self.epoch = 0
         self.index = 0
-        self.batches_per_epoch = -(-item_count // batch_size)  # ceiling division
+        self.all_batches = -(-item_count // batch_size)  # ceiling division
+        self.batches_per_epoch = self.all_batches  # this process's share (split_across)
+        self.rank, self.world_size = 0, 1
         self._cached_plan: tuple[int, list[np.ndarray]] | None = None
+
+    def split_across(self, rank: int, world_size: int) -> "ExampleBatches":
+        """Make this stream one process's share of a distributed run: batches rank, rank + world_size, ...
+        of every epoch's plan. Every process gets the same number of batches per epoch, so the last
+        (all_batches mod world_size) batches of an epoch are left out. Returns self."""
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank must be in [0, world_size={world_size}), got {rank}")
+        if self.all_batches < world_size:
+            raise ValueError(f"{self.all_batches} batches per epoch cannot be shared by {world_size} processes; "
+                             "use more examples or a smaller batch_size")
+        self.rank, self.world_size = rank, world_size
+        self.batches_per_epoch = self.all_batches // world_size
+        return self
 
     def _collate(self, items: np.ndarray) -> tuple[torch.Tensor, ...]:
         raise NotImplementedError
@@ -356,7 +371,7 @@ class ExampleBatches:
 
     def next_batch(self) -> tuple[torch.Tensor, ...]:
         """The next training batch; after the last batch of an epoch the next epoch begins."""
-        items = self._epoch_plan()[self.index]
+        items = self._epoch_plan()[self.index * self.world_size + self.rank]
         self.index += 1
         if self.index == self.batches_per_epoch:
             self.epoch, self.index = self.epoch + 1, 0
@@ -381,7 +396,7 @@ class ExampleBatches:
 
     def eval_batch_count(self) -> int:
         """How many batches eval_batches() yields without a limit (the last one may be smaller)."""
-        return self.batches_per_epoch
+        return self.all_batches
 
     def eval_batches(self, max_batches: int | None = None) -> Iterator[tuple[torch.Tensor, ...]]:
         """Consecutive items in their stored order, batched: the same batches on every call."""

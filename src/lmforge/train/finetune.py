@@ -10,7 +10,8 @@ The loop is the one pretraining uses (train/loop.py). Fine-tuning only chooses:
 
 from __future__ import annotations
 
-import os
+import contextlib
+import io
 import random
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -26,10 +27,13 @@ from ..data.loader import TokenBatches
 from ..data.sft import (SFTBatches, drop_truncated_answers, load_sft_examples, preflight, split_examples,
                         tokenize_conversation)
 from ..data.templates import TEMPLATES, render
+from ..dist.config import DistConfig
+from ..dist.env import DistEnv, distributed_session, main_process_first
+from ..dist.wrap import resolve_strategy
 from ..ingest.config import IngestConfig
 from ..model.config import ModelConfig
 from ..tokenizer import load_tokenizer
-from ..utils.device import resolve_device
+from ..utils.device import resolve_precision
 from . import checkpoint as ckpt
 from .config import TrainConfig
 from .finetune_config import FinetuneConfig
@@ -37,7 +41,7 @@ from .loop import Trainer, TrainResult
 from .model_files import ClassifierFiles, LoRAFiles, with_chat_template
 from .objectives import classification_loss, lm_loss_sum
 from .precision import choose_precision, precision_of_resumed_run
-from .pretrain import prepare_data
+from .pretrain import describe_parallelism, prepare_data
 
 
 @dataclass
@@ -54,24 +58,33 @@ class TaskSetup:
 
 
 def run_finetuning(model_cfg: ModelConfig, data_cfg: DataConfig, train_cfg: TrainConfig, ft: FinetuneConfig,
-                   ingest_cfg: IngestConfig | None = None, config_yaml: str | None = None
-                   ) -> tuple[TrainResult, TaskSetup]:
-    """Fine-tune and return the loop's result and the task's setup (its model and validation batches)."""
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        # Not yet: every process would train its own copy and write to the same run directory.
-        raise ValueError("lmforge finetune runs in one process for now; launch it without torchrun "
-                         "(multi-process training is available for `lmforge train`)")
+                   ingest_cfg: IngestConfig | None = None, config_yaml: str | None = None,
+                   dist_cfg: DistConfig | None = None) -> tuple[TrainResult, TaskSetup]:
+    """Fine-tune and return the loop's result and the task's setup (its model and validation batches).
+
+    Under torchrun with several processes it is one data-parallel run, as pretraining is (lmforge.dist):
+    every process builds the same model, takes its share of the batches, and rank 0 writes.
+    """
     if not model_cfg.init_from:
         raise ValueError("model.init_from: fine-tuning starts from pretrained weights; set it to an lmforge "
                          "checkpoint folder or a Hugging Face model folder")
+    dist_cfg = dist_cfg or DistConfig()
+    with distributed_session(dist_cfg, train_cfg.device) as (env, device):
+        with contextlib.nullcontext() if env.is_main else contextlib.redirect_stdout(io.StringIO()):
+            return _finetune(model_cfg, data_cfg, train_cfg, ft, ingest_cfg, config_yaml, dist_cfg, env, device)
+
+
+def _finetune(model_cfg: ModelConfig, data_cfg: DataConfig, train_cfg: TrainConfig, ft: FinetuneConfig,
+              ingest_cfg: IngestConfig | None, config_yaml: str | None, dist_cfg: DistConfig, env: DistEnv,
+              device: torch.device) -> tuple[TrainResult, TaskSetup]:
     random.seed(train_cfg.seed)
     torch.manual_seed(train_cfg.seed)
-    device = resolve_device(train_cfg.device)
     base_dir = Path(model_cfg.init_from).expanduser().resolve()
     model = ckpt.load_model_from_checkpoint(base_dir)
     model.set_dropout(model_cfg.dropout)
     tokenizer = load_tokenizer(base_dir)
-    setup = TASKS[ft.task](model, tokenizer, base_dir, data_cfg, train_cfg, ft, ingest_cfg)
+    with main_process_first(env):  # rank 0 prepares any data cache first; the others then read it
+        setup = TASKS[ft.task](model, tokenizer, base_dir, data_cfg, train_cfg, ft, ingest_cfg)
     if ft.method != "full":
         setup = _with_lora(setup, base_dir, ft)
     if setup.sample_prompt is not None and not train_cfg.sample_prompt:
@@ -80,15 +93,46 @@ def run_finetuning(model_cfg: ModelConfig, data_cfg: DataConfig, train_cfg: Trai
         train_cfg = replace(train_cfg, sample_prompt="", sample_interval=0)  # a classifier does not write text
     setup.sample_prompt = train_cfg.sample_prompt
     run_dir = Path(train_cfg.out_dir).expanduser()
-    precision, why = pick_precision(train_cfg, setup, device, run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if config_yaml is not None:
-        (run_dir / "config.yaml").write_text(config_yaml)
+    precision, why = pick_precision(train_cfg, setup, device, run_dir, env)
+    strategy = _strategy(dist_cfg, ft, env, setup.model, device)
+    if env.is_distributed:
+        torch.manual_seed(train_cfg.seed + env.rank)  # the same weights everywhere; dropout masks differ per rank
+        setup.train_batches = _rank_share(setup.train_batches, env)
+    if env.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if config_yaml is not None:
+            (run_dir / "config.yaml").write_text(config_yaml)
     print(f"fine-tuning {base_dir}: task {ft.task}, method {ft.method}; {setup.describe}")
     print(f"{count_params(setup.model)}; device {device}, precision {precision} ({why})")
+    if env.is_distributed:
+        print(describe_parallelism(train_cfg, env, strategy, model.config.block_size))
     trainer = Trainer(setup.model, tokenizer, setup.train_batches, setup.val_batches, train_cfg, run_dir, device,
-                      precision, setup.loss_fn, setup.files)
+                      precision, setup.loss_fn, setup.files, env=env, strategy=strategy)
     return trainer.fit(), setup
+
+
+def _strategy(dist_cfg: DistConfig, ft: FinetuneConfig, env: DistEnv, model: torch.nn.Module,
+              device: torch.device) -> str:
+    """How several processes share the model: like pretraining for full fine-tuning; DDP for adapters."""
+    if not env.is_distributed:
+        return "none"
+    if ft.method == "qlora":
+        raise ValueError("finetune.method: qlora runs in one process (its 4-bit base is not shared across "
+                         "processes yet); use lora, or launch without torchrun")
+    if ft.method == "lora" or ft.task == "classify":
+        if dist_cfg.strategy == "fsdp":
+            raise ValueError(f"dist.strategy: fsdp shards every weight, but a {ft.method} {ft.task} run trains "
+                             "a few small ones next to a frozen base; use ddp (or auto)")
+        return "ddp"
+    return resolve_strategy(dist_cfg.strategy, env.world_size, sum(p.numel() for p in model.parameters()), device)
+
+
+def _rank_share(batches, env: DistEnv):
+    """This process's share of the training batches."""
+    if isinstance(batches, TokenBatches):
+        return TokenBatches(batches.data_dir, batches.split, batches.block_size, batches.batch_size, seed=batches.seed,
+                            rank=env.rank, world_size=env.world_size)
+    return batches.split_across(env.rank, env.world_size)
 
 
 # ---- tasks --------------------------------------------------------------------------------------------
@@ -171,11 +215,18 @@ def _single_data_file(data_cfg: DataConfig, what: str) -> Path:
     return path
 
 
-def pick_precision(train_cfg: TrainConfig, setup: TaskSetup, device: torch.device, run_dir: Path) -> tuple[str, str]:
-    """The run's precision: as configured, as the run being resumed used, or probed (see precision.py)."""
+def pick_precision(train_cfg: TrainConfig, setup: TaskSetup, device: torch.device, run_dir: Path,
+                   env: DistEnv | None = None) -> tuple[str, str]:
+    """The run's precision: as configured, as the run being resumed used, or probed (see precision.py).
+
+    Several processes must agree, and a timing probe could differ between them: they use the size rule.
+    """
     resumed = precision_of_resumed_run(run_dir, train_cfg.resume) if train_cfg.precision == "auto" else None
     if resumed:
         return resumed, "the precision of the run being resumed"
+    if env is not None and env.is_distributed and train_cfg.precision == "auto":
+        n_params = sum(p.numel() for p in setup.model.parameters())
+        return resolve_precision("auto", device, n_params), "auto: by model size, the same on every process"
     probe_batch = next(iter(setup.train_batches.eval_batches(1)))  # does not move the data position
     return choose_precision(train_cfg.precision, setup.model, probe_batch, device, setup.loss_fn)
 
