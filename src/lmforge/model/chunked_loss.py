@@ -67,7 +67,8 @@ class _LinearCrossEntropy(torch.autograd.Function):
         if grad_hidden is not None:
             grad_hidden = grad_hidden * grad_loss.to(grad_hidden.dtype)
         if grad_weight is not None:
-            grad_weight = (grad_weight * grad_loss).to(ctx.weight_dtype)
+            # to the weight's (fp32) dtype first: a loss scaler's large factor must not overflow fp16/bf16
+            grad_weight = grad_weight.to(ctx.weight_dtype) * grad_loss
         return grad_hidden, grad_weight, None, None, None
 
 
