@@ -52,19 +52,6 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def matmul_ceiling(device: torch.device, dtype: torch.dtype, n: int) -> float:
-    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
-    a @ b
-    best = float("inf")
-    for _ in range(10):
-        sync(device)
-        start = time.perf_counter()
-        a @ b
-        sync(device)
-        best = min(best, time.perf_counter() - start)
-    return 2 * n**3 / best
-
-
 def vendor_peak(device: torch.device) -> tuple[str, float | None]:
     if device.type != "cuda":
         return "cpu", None
@@ -92,6 +79,7 @@ def main() -> None:
     from lmforge.model.config import preset_config
     from lmforge.model.gpt import GPT
     from lmforge.train.config import TrainConfig
+    from lmforge.train.estimate import matmul_flops_per_s
     from lmforge.train.loop import Trainer
 
     device = torch.device(args.device)
@@ -116,8 +104,7 @@ def main() -> None:
     step_s = statistics.median(times[args.warmup:])
     tokens_per_s = args.batch * args.block / step_s
     achieved = tokens_per_s * flops_per_token
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[args.precision]
-    ceiling = matmul_ceiling(device, dtype, 8192 if device.type == "cuda" else 2048)
+    ceiling = matmul_flops_per_s(device, args.precision, 8192 if device.type == "cuda" else 2048)
     name, peak = vendor_peak(device)
     report = {"benchmark": "mfu", "device": name, "preset": args.preset, "block": args.block, "batch": args.batch,
               "precision": args.precision, "compile": not args.no_compile, "torch": torch.__version__,
