@@ -37,7 +37,7 @@ class TokenBatches:
         _check_positive(block_size=block_size, batch_size=batch_size, world_size=world_size)
         if not 0 <= rank < world_size:
             raise ValueError(f"rank must be in [0, world_size={world_size}), got {rank}")
-        self.data_dir, self.split = Path(data_dir), split
+        self.split = split
         self.tokens = open_tokens(data_dir, split)
         self.block_size = block_size
         self.batch_size = batch_size
@@ -50,6 +50,14 @@ class TokenBatches:
         self.windows_per_epoch = max(len(self.tokens) - block_size, 0) // block_size
         self.batches_per_epoch = self.windows_per_epoch // batch_size // world_size
         self._cached_order: tuple[int, int, np.ndarray] | None = None  # (epoch, offset, window order)
+
+    def split_across(self, rank: int, world_size: int) -> "TokenBatches":
+        """Make this stream one process's share of a distributed run (as rank/world_size at construction)."""
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank must be in [0, world_size={world_size}), got {rank}")
+        self.rank, self.world_size = rank, world_size
+        self.batches_per_epoch = self.windows_per_epoch // self.batch_size // world_size
+        return self
 
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The next training batch; after the last batch of an epoch the next epoch begins."""

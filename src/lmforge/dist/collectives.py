@@ -25,20 +25,20 @@ def _in_group() -> bool:
 
 def sum_across_ranks(tensor: torch.Tensor) -> torch.Tensor:
     """The element-wise sum of `tensor` over all ranks (a new tensor, identical on every rank)."""
-    if not _in_group():
-        return tensor
-    total = tensor.detach().clone()
-    dist.all_reduce(total, op=dist.ReduceOp.SUM)
-    return total
+    return _all_reduce(tensor, dist.ReduceOp.SUM)
 
 
 def max_across_ranks(tensor: torch.Tensor) -> torch.Tensor:
     """The element-wise maximum of `tensor` over all ranks (identical on every rank)."""
+    return _all_reduce(tensor, dist.ReduceOp.MAX)
+
+
+def _all_reduce(tensor: torch.Tensor, op) -> torch.Tensor:
     if not _in_group():
         return tensor
-    largest = tensor.detach().clone()
-    dist.all_reduce(largest, op=dist.ReduceOp.MAX)
-    return largest
+    result = tensor.detach().clone()
+    dist.all_reduce(result, op=op)
+    return result
 
 
 def gather_objects(obj: T) -> list[T]:

@@ -19,6 +19,7 @@ other, e.g. while rank 0 alone tokenizes the data.
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -108,6 +109,11 @@ def barrier() -> None:
     """Wait until every process gets here (nothing to wait for without a process group)."""
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
+
+
+def quiet_unless_main(env: DistEnv):
+    """A block whose prints show on rank 0 only: a run prints each line once, not once per process."""
+    return contextlib.nullcontext() if env.is_main else contextlib.redirect_stdout(io.StringIO())
 
 
 @contextlib.contextmanager

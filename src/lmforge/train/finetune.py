@@ -10,8 +10,6 @@ The loop is the one pretraining uses (train/loop.py). Fine-tuning only chooses:
 
 from __future__ import annotations
 
-import contextlib
-import io
 import random
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -28,19 +26,18 @@ from ..data.sft import (SFTBatches, drop_truncated_answers, load_sft_examples, p
                         tokenize_conversation)
 from ..data.templates import TEMPLATES, render
 from ..dist.config import DistConfig
-from ..dist.env import DistEnv, distributed_session, main_process_first
+from ..dist.env import DistEnv, distributed_session, main_process_first, quiet_unless_main
 from ..dist.wrap import resolve_strategy
 from ..ingest.config import IngestConfig
 from ..model.config import ModelConfig
 from ..tokenizer import load_tokenizer
-from ..utils.device import resolve_precision
 from . import checkpoint as ckpt
 from .config import TrainConfig
 from .finetune_config import FinetuneConfig
 from .loop import Trainer, TrainResult
 from .model_files import ClassifierFiles, LoRAFiles, with_chat_template
 from .objectives import classification_loss, lm_loss_sum
-from .precision import choose_precision, precision_of_resumed_run
+from .precision import run_precision
 from .pretrain import describe_parallelism, prepare_data
 
 
@@ -70,7 +67,7 @@ def run_finetuning(model_cfg: ModelConfig, data_cfg: DataConfig, train_cfg: Trai
                          "checkpoint folder or a Hugging Face model folder")
     dist_cfg = dist_cfg or DistConfig()
     with distributed_session(dist_cfg, train_cfg.device) as (env, device):
-        with contextlib.nullcontext() if env.is_main else contextlib.redirect_stdout(io.StringIO()):
+        with quiet_unless_main(env):
             return _finetune(model_cfg, data_cfg, train_cfg, ft, ingest_cfg, config_yaml, dist_cfg, env, device)
 
 
@@ -93,11 +90,16 @@ def _finetune(model_cfg: ModelConfig, data_cfg: DataConfig, train_cfg: TrainConf
         train_cfg = replace(train_cfg, sample_prompt="", sample_interval=0)  # a classifier does not write text
     setup.sample_prompt = train_cfg.sample_prompt
     run_dir = Path(train_cfg.out_dir).expanduser()
-    precision, why = pick_precision(train_cfg, setup, device, run_dir, env)
+
+    def probe_batch():  # a real batch for the precision probe (eval_batches does not move the data position)
+        return next(iter(setup.train_batches.eval_batches(1)))
+
+    precision, why = run_precision(train_cfg.precision, setup.model, probe_batch, device, setup.loss_fn, run_dir,
+                                   train_cfg.resume, env.is_distributed)
     strategy = _strategy(dist_cfg, ft, env, setup.model, device)
     if env.is_distributed:
         torch.manual_seed(train_cfg.seed + env.rank)  # the same weights everywhere; dropout masks differ per rank
-        setup.train_batches = _rank_share(setup.train_batches, env)
+        setup.train_batches = setup.train_batches.split_across(env.rank, env.world_size)  # this rank's share
     if env.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         if config_yaml is not None:
@@ -125,14 +127,6 @@ def _strategy(dist_cfg: DistConfig, ft: FinetuneConfig, env: DistEnv, model: tor
                              "a few small ones next to a frozen base; use ddp (or auto)")
         return "ddp"
     return resolve_strategy(dist_cfg.strategy, env.world_size, sum(p.numel() for p in model.parameters()), device)
-
-
-def _rank_share(batches, env: DistEnv):
-    """This process's share of the training batches."""
-    if isinstance(batches, TokenBatches):
-        return TokenBatches(batches.data_dir, batches.split, batches.block_size, batches.batch_size, seed=batches.seed,
-                            rank=env.rank, world_size=env.world_size)
-    return batches.split_across(env.rank, env.world_size)
 
 
 # ---- tasks --------------------------------------------------------------------------------------------
@@ -213,22 +207,6 @@ def _single_data_file(data_cfg: DataConfig, what: str) -> Path:
     if not path.is_file():
         raise ValueError(f"data.path: {path} is not a file")
     return path
-
-
-def pick_precision(train_cfg: TrainConfig, setup: TaskSetup, device: torch.device, run_dir: Path,
-                   env: DistEnv | None = None) -> tuple[str, str]:
-    """The run's precision: as configured, as the run being resumed used, or probed (see precision.py).
-
-    Several processes must agree, and a timing probe could differ between them: they use the size rule.
-    """
-    resumed = precision_of_resumed_run(run_dir, train_cfg.resume) if train_cfg.precision == "auto" else None
-    if resumed:
-        return resumed, "the precision of the run being resumed"
-    if env is not None and env.is_distributed and train_cfg.precision == "auto":
-        n_params = sum(p.numel() for p in setup.model.parameters())
-        return resolve_precision("auto", device, n_params), "auto: by model size, the same on every process"
-    probe_batch = next(iter(setup.train_batches.eval_batches(1)))  # does not move the data position
-    return choose_precision(train_cfg.precision, setup.model, probe_batch, device, setup.loss_fn)
 
 
 def _expand_targets(model: torch.nn.Module, targets: list[str]) -> list[str]:

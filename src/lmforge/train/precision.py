@@ -39,6 +39,23 @@ def choose_precision(requested: str, model: torch.nn.Module, batch: tuple[torch.
     return chosen, "auto: probe " + ", ".join(f"{p} {t * 1000:.1f} ms/step" for p, t in timings.items())
 
 
+def run_precision(requested: str, model: torch.nn.Module, probe_batch: Callable[[], tuple[torch.Tensor, ...]],
+                  device: torch.device, loss_fn: Callable, run_dir, resume: str,
+                  distributed: bool) -> tuple[str, str]:
+    """(precision, why) for a training run: as configured; for auto, what the run being resumed used, else
+    the choice above. Several processes must agree and a timing probe could differ between them, so they
+    use the size rule. `probe_batch` is called only when the probe runs."""
+    if requested == "auto":
+        resumed = precision_of_resumed_run(run_dir, resume)
+        if resumed:
+            return resumed, "the precision of the run being resumed"
+        if distributed:
+            n_params = sum(p.numel() for p in model.parameters())
+            return resolve_precision("auto", device, n_params), "auto: by model size, the same on every process"
+        return choose_precision(requested, model, probe_batch(), device, loss_fn)
+    return choose_precision(requested, model, (), device, loss_fn)
+
+
 def step_time(model: torch.nn.Module, batch: tuple[torch.Tensor, ...], device: torch.device, precision: str,
               loss_fn: Callable) -> float:
     """Best time of a forward+backward pass on `batch` in `precision` (gradients are discarded)."""

@@ -7,8 +7,6 @@ then find it cached), each rank reads its own share of the batches, and only ran
 
 from __future__ import annotations
 
-import contextlib
-import io
 import random
 from pathlib import Path
 
@@ -20,7 +18,7 @@ from ..data.loader import TokenBatches
 from ..data.prepare import ensure_prepared
 from ..data.shards import read_meta
 from ..dist.config import DistConfig
-from ..dist.env import DistEnv, distributed_session, main_process_first
+from ..dist.env import DistEnv, distributed_session, main_process_first, quiet_unless_main
 from ..dist.wrap import resolve_strategy
 from ..ingest.config import IngestConfig
 from ..model.config import ModelConfig, with_vocab
@@ -31,7 +29,7 @@ from . import checkpoint as ckpt
 from .config import TrainConfig
 from .loop import Trainer, TrainResult
 from .objectives import lm_loss_sum
-from .precision import choose_precision, precision_of_resumed_run
+from .precision import run_precision
 
 
 def prepare_data(data: DataConfig, ingest_cfg: IngestConfig | None = None, tokenizer_spec: str | None = None) -> Path:
@@ -63,20 +61,19 @@ def run_pretraining(model_cfg: ModelConfig, data_cfg: DataConfig, train_cfg: Tra
                     dist_cfg: DistConfig | None = None) -> TrainResult:
     """Train a model; under torchrun with several processes, as one data-parallel run (see lmforge.dist)."""
     dist_cfg = dist_cfg or DistConfig()
-    with distributed_session(dist_cfg, train_cfg.device) as (env, device):
+    with distributed_session(dist_cfg, train_cfg.device) as (env, device), quiet_unless_main(env):
         return _pretrain(model_cfg, data_cfg, train_cfg, ingest_cfg, config_yaml, dist_cfg, env, device)
 
 
 def _pretrain(model_cfg: ModelConfig, data_cfg: DataConfig, train_cfg: TrainConfig, ingest_cfg: IngestConfig | None,
               config_yaml: str | None, dist_cfg: DistConfig, env: DistEnv, device: torch.device) -> TrainResult:
-    say = print if env.is_main else _silent
     random.seed(train_cfg.seed)
     torch.manual_seed(train_cfg.seed)
     resolve_precision(train_cfg.precision, device, n_params=0)  # an impossible choice fails before data prep
     # A run that starts from a checkpoint must read the data with that checkpoint's tokenizer.
     tokenizer_spec = str(Path(model_cfg.init_from).expanduser()) if model_cfg.init_from else None
     # Rank 0 tokenizes into the cache; the others then reuse it, quietly (its report is the run's).
-    with main_process_first(env), _quiet_unless_main(env):
+    with main_process_first(env):
         data_dir = prepare_data(data_cfg, ingest_cfg, tokenizer_spec)
     meta = read_meta(data_dir)
     tokenizer = load_tokenizer(data_dir)
@@ -84,7 +81,12 @@ def _pretrain(model_cfg: ModelConfig, data_cfg: DataConfig, train_cfg: TrainConf
     if env.rank > 0:
         torch.manual_seed(train_cfg.seed + env.rank)  # the weights are rank 0's; dropout masks differ per rank
     run_dir = Path(train_cfg.out_dir).expanduser()
-    precision, why = _pick_precision(train_cfg, model, data_dir, device, env, run_dir)
+    def probe_batch():  # a real training batch for the precision probe (does not move the data position)
+        probe = TokenBatches(data_dir, "train", model.config.block_size, train_cfg.batch_size, seed=train_cfg.seed)
+        return next(iter(probe.eval_batches(1)))
+
+    precision, why = run_precision(train_cfg.precision, model, probe_batch, device, lm_loss_sum, run_dir,
+                                   train_cfg.resume, env.is_distributed)
     strategy = resolve_strategy(dist_cfg.strategy, env.world_size, model.num_params(), device)
     block = model.config.block_size
     train_batches = TokenBatches(data_dir, "train", block, train_cfg.batch_size, seed=train_cfg.seed,
@@ -95,34 +97,17 @@ def _pretrain(model_cfg: ModelConfig, data_cfg: DataConfig, train_cfg: TrainConf
     run_dir.mkdir(parents=True, exist_ok=True)
     if config_yaml is not None and env.is_main:
         (run_dir / "config.yaml").write_text(config_yaml)
-    say(f"model: {model.num_params():,} parameters ({model.num_params(exclude_embeddings=True):,} outside the "
+    print(f"model: {model.num_params():,} parameters ({model.num_params(exclude_embeddings=True):,} outside the "
         f"embeddings), {model.config.n_layer} layers x {model.config.n_embd} wide, context {block}")
-    say(f"data: {data_dir} -- {meta['train_tokens']:,} train / {meta['val_tokens']:,} val tokens, "
+    print(f"data: {data_dir} -- {meta['train_tokens']:,} train / {meta['val_tokens']:,} val tokens, "
         f"tokenizer {meta['tokenizer']} ({tokenizer.vocab_size:,} tokens); "
         f"{train_batches.batches_per_epoch:,} batches per epoch" + (" per process" if env.is_distributed else ""))
-    say(f"device: {device}, precision: {precision} ({why})")
+    print(f"device: {device}, precision: {precision} ({why})")
     if env.is_distributed:
-        say(describe_parallelism(train_cfg, env, strategy, block))
+        print(describe_parallelism(train_cfg, env, strategy, block))
     trainer = Trainer(model, tokenizer, train_batches, val_batches, train_cfg, run_dir, device, precision,
                       env=env, strategy=strategy)
     return trainer.fit()
-
-
-def _pick_precision(train_cfg: TrainConfig, model: GPT, data_dir: Path, device: torch.device, env: DistEnv,
-                    run_dir: Path) -> tuple[str, str]:
-    """As configured; as the resumed run had it; or for auto the faster of fp32/bf16 (train/precision.py).
-
-    Several processes must agree, and a timing probe could differ between them: they use the size rule.
-    """
-    if train_cfg.precision != "auto":
-        return resolve_precision(train_cfg.precision, device, model.num_params()), "as configured"
-    resumed = precision_of_resumed_run(run_dir, train_cfg.resume)
-    if resumed:
-        return resumed, "the precision of the run being resumed"
-    if env.is_distributed:
-        return resolve_precision("auto", device, model.num_params()), "auto: by model size, the same on every process"
-    probe = TokenBatches(data_dir, "train", model.config.block_size, train_cfg.batch_size, seed=train_cfg.seed)
-    return choose_precision("auto", model, next(iter(probe.eval_batches(1))), device, lm_loss_sum)
 
 
 def describe_parallelism(train_cfg: TrainConfig, env: DistEnv, strategy: str, block_size: int) -> str:
@@ -131,12 +116,3 @@ def describe_parallelism(train_cfg: TrainConfig, env: DistEnv, strategy: str, bl
     return (f"distributed: {env.world_size} processes, {strategy}; global batch {train_cfg.batch_size} sequences "
             f"x {train_cfg.grad_accum_steps} accumulation steps x {env.world_size} processes = {sequences} "
             f"sequences ({sequences * block_size:,} tokens) per optimizer step")
-
-
-def _silent(*args, **kwargs) -> None:
-    """print() for ranks other than 0: a run prints each line once, not once per process."""
-
-
-def _quiet_unless_main(env: DistEnv):
-    """A block whose prints show on rank 0 only."""
-    return contextlib.nullcontext() if env.is_main else contextlib.redirect_stdout(io.StringIO())
