@@ -1,34 +1,120 @@
-"""The decode-time layout choice of lmforge's Linear changes speed, never results."""
+"""The decode-time paths of lmforge's Linear change speed, never results."""
+
+import copy
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 from lmforge.model import linear as linear_module
-from lmforge.model.linear import Linear
+from lmforge.model.linear import PACK_AFTER_CALLS, PACKED, PLAIN, WEIGHT_MAJOR, Linear, can_pack
 
 
 @pytest.fixture(autouse=True)
 def fresh_choices(monkeypatch):
-    monkeypatch.setattr(linear_module, "_weight_major_choice", {})
+    monkeypatch.setattr(linear_module, "_layout_choice", {})
+    monkeypatch.setattr(linear_module, "_memory_allows", lambda weight: True)
+
+
+def force_layout(monkeypatch, layout, unpacked=PLAIN):
+    monkeypatch.setattr(linear_module, "_probe", lambda *args: (layout, unpacked))
+
+
+def decode_step(layer, rows=3):
+    """One new token for each of `rows` sequences: (rows, 1, in)."""
+    with torch.no_grad():
+        x = torch.randn(rows, 1, layer.in_features)
+        return layer(x), F.linear(x, layer.weight, layer.bias)
 
 
 @pytest.mark.parametrize("bias", [True, False])
-@pytest.mark.parametrize("force", [True, False])
-def test_both_layouts_give_the_linear_result(bias, force, monkeypatch):
+@pytest.mark.parametrize("layout", [PLAIN, WEIGHT_MAJOR, PACKED])
+def test_every_layout_gives_the_linear_result(bias, layout, monkeypatch):
     torch.manual_seed(0)
     layer = Linear(48, 80, bias=bias)
-    x = torch.randn(3, 1, 48)  # 3 sequences, one new token each: a decode step
-    monkeypatch.setattr(linear_module, "_probe", lambda *args: force)
+    force_layout(monkeypatch, layout)
+    for _ in range(PACK_AFTER_CALLS + 1):  # the packed layout starts packing after a few calls
+        y, expected = decode_step(layer)
+        assert y.shape == (3, 1, 80) and y.is_contiguous()
+        torch.testing.assert_close(y, expected, rtol=1e-5, atol=1e-5)
+    assert (layer._packed is not None and layer._packed.tensor is not None) == (layout == PACKED)
+
+
+def test_mkl_packing_is_available_on_this_build():
+    # The x86 CPU builds of torch that CI installs ship MKL; without it the packed path would never run.
+    assert can_pack(torch.empty(2, 2))
+    assert not can_pack(torch.empty(2, 2, dtype=torch.bfloat16))
+
+
+def test_a_weight_is_packed_only_after_a_run_of_same_sized_calls(monkeypatch):
+    layer = Linear(32, 40)
+    force_layout(monkeypatch, PACKED, WEIGHT_MAJOR)
+    for _ in range(PACK_AFTER_CALLS - 1):
+        decode_step(layer, rows=4)
+    assert layer._packed.tensor is None  # a short generation does not pay for packing
+    decode_step(layer, rows=4)
+    first_copy = layer._packed.tensor
+    assert first_copy is not None
+    decode_step(layer, rows=4)
+    assert layer._packed.tensor is first_copy  # reused, not packed again
+    decode_step(layer, rows=5)  # another batch size: the copy was packed for 4 rows
+    assert layer._packed.tensor is None and layer._packed.rows == 5
+
+
+def test_a_changed_weight_is_never_served_from_a_stale_copy(monkeypatch):
+    torch.manual_seed(0)
+    layer = Linear(32, 40)
+    force_layout(monkeypatch, PACKED)
+    for _ in range(PACK_AFTER_CALLS):
+        decode_step(layer)
+    assert layer._packed.tensor is not None
+    # An optimizer step changes the weight in place (as between sample generations during training).
+    optimizer = torch.optim.SGD(layer.parameters(), lr=1.0)
+    layer(torch.randn(2, 32)).square().sum().backward()
+    optimizer.step()
+    y, expected = decode_step(layer)
+    torch.testing.assert_close(y, expected, rtol=1e-5, atol=1e-5)
+    with torch.no_grad():  # so does load_state_dict; and .to() gives the weight new storage
+        layer.load_state_dict({"weight": torch.randn(40, 32), "bias": torch.randn(40)})
+    torch.testing.assert_close(*decode_step(layer), rtol=1e-5, atol=1e-5)
+    layer.weight.data = torch.randn(40, 32)
+    torch.testing.assert_close(*decode_step(layer), rtol=1e-5, atol=1e-5)
+
+
+def test_no_copy_is_made_when_memory_is_short(monkeypatch):
+    layer = Linear(32, 40)
+    force_layout(monkeypatch, PACKED, WEIGHT_MAJOR)
+    monkeypatch.setattr(linear_module, "_memory_allows", lambda weight: False)
+    for _ in range(PACK_AFTER_CALLS + 2):
+        y, expected = decode_step(layer)
+        torch.testing.assert_close(y, expected, rtol=1e-5, atol=1e-5)
+    assert layer._packed.tensor is None
+
+
+def test_a_copied_model_packs_its_own_weights(monkeypatch):
+    layer = Linear(32, 40)
+    force_layout(monkeypatch, PACKED)
+    for _ in range(PACK_AFTER_CALLS):
+        decode_step(layer)
+    twin = copy.deepcopy(layer)
     with torch.no_grad():
-        y = layer(x)
-    assert y.shape == (3, 1, 80) and y.is_contiguous()
-    torch.testing.assert_close(y, F.linear(x, layer.weight, layer.bias), rtol=1e-5, atol=1e-5)
+        twin.weight.mul_(2)
+    assert twin._packed is None
+    torch.testing.assert_close(*decode_step(twin), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(*decode_step(layer), rtol=1e-5, atol=1e-5)
+
+
+def test_the_probe_offers_packing_only_where_it_exists():
+    weight, x_rows = torch.randn(64, 32), 8
+    fp32 = linear_module._probe(weight, None, x_rows)
+    bf16 = linear_module._probe(weight.bfloat16(), None, x_rows)
+    assert fp32[0] in (PLAIN, WEIGHT_MAJOR, PACKED) and fp32[1] in (PLAIN, WEIGHT_MAJOR)
+    assert PACKED not in bf16
 
 
 def test_training_and_long_inputs_never_probe(monkeypatch):
     calls = []
-    monkeypatch.setattr(linear_module, "_probe", lambda *args: calls.append(args) or True)
+    monkeypatch.setattr(linear_module, "_probe", lambda *args: calls.append(args) or (WEIGHT_MAJOR, WEIGHT_MAJOR))
     layer = Linear(16, 16)
     layer(torch.randn(2, 16)).sum().backward()  # autograd on: always F.linear
     with torch.no_grad():

@@ -1,45 +1,104 @@
-"""nn.Linear, plus a faster path for the few-row products of token-by-token generation on CPU.
+"""nn.Linear, plus faster paths for the few-row products of token-by-token generation on CPU.
 
 A linear layer computes y = x W^T + b with W stored (out, in). With many rows in x (training,
 prefill) every BLAS library handles that well. Decoding feeds one token per sequence, so x has only
-1-64 rows, and then the *layout* of the product matters a lot on CPU: computing the same numbers as
-y^T = W x^T (W as the left, "tall" operand) is up to 1.8x faster for GPT-2's 50,257 x 768 output
-layer in bf16 on a 2-core Xeon, and 1.5x for its MLP layers at batch 8 -- and sometimes slower
-(fp32 at 2 rows). Which one wins depends on the BLAS, the CPU, the dtype, the shape and the row
-count, so nothing is hard-coded: the first time a (shape, dtype, rows, threads) combination is
-seen, both layouts are timed on the layer's own weight and the faster one is remembered.
+1-64 rows, and then how the product is done matters a lot on CPU. Three ways, same numbers:
 
-Only inference takes this path (autograd off, CPU, at most MAX_DECODE_ROWS rows); training and
-prefill always use F.linear. Both layouts compute the same sums, possibly in another order, so
-results agree to float rounding.
+* plain: F.linear, x W^T;
+* weight-major: y^T = W x^T, with W as the left, "tall" operand. Up to 1.8x faster for GPT-2's
+  50,257 x 768 output layer in bf16 on a 2-core Xeon, and sometimes slower (fp32 at 2 rows);
+* packed (fp32 with MKL): a BLAS call re-arranges ("packs") W into its kernel's tile layout on
+  every call, which at a few rows costs as much as the multiplication itself. MKL can pack W once
+  (cblas_sgemm_pack) and reuse it for every step: GPT-2 124M's matmuls at 8 rows took 28 instead
+  of 42 ms per step. The packed copy is made for one exact row count, costs about 1.6x the weight's
+  memory, and is only worth making for a long run of steps, so a layer packs after PACK_AFTER_CALLS
+  calls with the same row count and unchanged weights, and only while memory is plentiful.
+
+Which way wins depends on the BLAS, the CPU, the dtype, the shape and the row count, so nothing is
+hard-coded: the first time a (shape, dtype, rows, threads) combination is seen, the candidates are
+timed on the layer's own weight and the choice is remembered.
+
+Only inference takes these paths (autograd off, CPU, at most MAX_DECODE_ROWS rows); training and
+prefill always use F.linear. Results agree with F.linear to float rounding.
 """
 
 from __future__ import annotations
 
 import time
+import weakref
+from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 MAX_DECODE_ROWS = 64
+PACK_AFTER_CALLS = 8  # packing GPT-2 124M takes 0.1-0.7 s on 2 cores: worth it for long generations only
+PLAIN, WEIGHT_MAJOR, PACKED = "plain", "weight-major", "packed"
 _PROBE_SECONDS = 0.01  # per probe; a model has a handful of distinct shapes
 _PROBE_MIN_RUNS = 3
 _STREAMING_ROWS = 8  # from this row bucket on, the probe gives near-ties to the weight-major layout
-_weight_major_choice: dict[tuple, bool] = {}  # (out, in, dtype, row bucket, threads) -> use W @ x^T
+_PACKED_SIZE = 1.6  # MKL's packed copy of an fp32 weight, relative to the weight (measured: 240 vs 154 MB)
+_MEMORY_RESERVE = 1 << 30  # packing never leaves less than this much memory available
+# (out, in, dtype, row bucket, threads) -> (fastest way, fastest way that needs no packed copy)
+_layout_choice: dict[tuple, tuple[str, str]] = {}
 
 
 class Linear(nn.Linear):
-    """nn.Linear (same parameters, same state_dict) that decodes few rows in the faster layout."""
+    """nn.Linear (same parameters, same state_dict) that decodes few rows the fastest way."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._packed: _PackedWeight | None = None  # not a buffer: derived from weight, never saved
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.numel() // x.size(-1) if x.numel() else 0
         if torch.is_grad_enabled() or x.device.type != "cpu" or not 0 < rows <= MAX_DECODE_ROWS:
             return F.linear(x, self.weight, self.bias)
-        if not _weight_major(self.weight, self.bias, rows):
+        layout, unpacked_layout = _layout(self.weight, self.bias, rows)
+        if layout == PACKED:
+            packed = self._packed_weight(rows)
+            if packed is not None:
+                y = _packed_product(x.reshape(rows, -1).contiguous(), packed, self.weight, self.bias)
+                return y.reshape(*x.shape[:-1], self.out_features)
+            layout = unpacked_layout  # not packed (yet): the best of the others
+        if layout == PLAIN:
             return F.linear(x, self.weight, self.bias)
         y = _weight_major_product(x.reshape(rows, -1), self.weight, self.bias)
         return y.reshape(*x.shape[:-1], self.out_features)
+
+    def _packed_weight(self, rows: int) -> torch.Tensor | None:
+        """MKL's packed copy of the weight for `rows` rows, once this layer has earned one; else None."""
+        packed = getattr(self, "_packed", None)  # modules made before this attribute existed lack it
+        if packed is None or not packed.matches(self.weight, rows):
+            packed = self._packed = _PackedWeight(self.weight, rows)  # drops a stale copy
+        packed.calls += 1
+        if packed.tensor is None and packed.calls >= PACK_AFTER_CALLS and _memory_allows(self.weight):
+            packed.tensor = torch.ops.mkl._mkl_reorder_linear_weight(self.weight.detach(), rows)
+        return packed.tensor
+
+
+class _PackedWeight:
+    """A packed copy of one weight, valid while the weight is the same tensor holding the same values.
+
+    In-place changes (an optimizer step, load_state_dict) bump the tensor's version counter; a new
+    tensor (model.to(dtype), param.data = ...) changes the object or its storage. Either one makes
+    the copy stale, so sample generations during training never use old weights.
+    """
+
+    def __init__(self, weight: torch.Tensor, rows: int):
+        self.rows = rows
+        self.source = weakref.ref(weight)  # weak: a replaced weight must not be kept alive by its copy
+        self.data_ptr, self.version = weight.data_ptr(), weight._version
+        self.calls = 0
+        self.tensor: torch.Tensor | None = None
+
+    def __deepcopy__(self, memo) -> None:
+        return None  # a copied model packs its own weights when it needs to
+
+    def matches(self, weight: torch.Tensor, rows: int) -> bool:
+        return (rows == self.rows and self.source() is weight and weight.data_ptr() == self.data_ptr
+                and weight._version == self.version)
 
 
 def _weight_major_product(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
@@ -48,34 +107,74 @@ def _weight_major_product(x: torch.Tensor, weight: torch.Tensor, bias: torch.Ten
     return y_t.t().contiguous()
 
 
-def _weight_major(weight: torch.Tensor, bias: torch.Tensor | None, rows: int) -> bool:
+def _packed_product(x: torch.Tensor, packed: torch.Tensor, weight: torch.Tensor,
+                    bias: torch.Tensor | None) -> torch.Tensor:
+    return torch.ops.mkl._mkl_linear(x, packed, weight, bias, x.size(0))
+
+
+def can_pack(weight: torch.Tensor) -> bool:
+    """MKL's packed GEMM exists in this torch build (x86 builds have it) and the weight is fp32 on CPU."""
+    return (weight.dtype == torch.float32 and weight.device.type == "cpu" and torch.backends.mkl.is_available()
+            and hasattr(torch.ops.mkl, "_mkl_reorder_linear_weight"))
+
+
+def _memory_allows(weight: torch.Tensor) -> bool:
+    """True when a packed copy of `weight` leaves at least _MEMORY_RESERVE of memory available (Linux)."""
+    needed = _PACKED_SIZE * weight.numel() * weight.element_size() + _MEMORY_RESERVE
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024 > needed
+    except OSError:
+        pass
+    return False  # no way to tell: do not risk doubling the model's memory
+
+
+def _layout(weight: torch.Tensor, bias: torch.Tensor | None, rows: int) -> tuple[str, str]:
     # Row counts are bucketed to powers of two (1, 2, 4, ..., 64): one probe serves a whole bucket, so
     # a growing input (generation without a cache) does not probe at every step.
     bucket = 1 << (rows - 1).bit_length()
     key = (*weight.shape, weight.dtype, bucket, torch.get_num_threads())
-    if key not in _weight_major_choice:
-        _weight_major_choice[key] = _probe(weight, bias, bucket)
-    return _weight_major_choice[key]
+    if key not in _layout_choice:
+        _layout_choice[key] = _probe(weight, bias, bucket)
+    return _layout_choice[key]
 
 
-def _probe(weight: torch.Tensor, bias: torch.Tensor | None, rows: int) -> bool:
-    """Time both layouts on this weight, alternating, for about 10 ms; True when W @ x^T is clearly faster."""
+def _probe(weight: torch.Tensor, bias: torch.Tensor | None, rows: int) -> tuple[str, str]:
+    """Time the candidates on this weight, alternating, for about 10 ms each.
+
+    Returns the fastest way and the fastest way without a packed copy.
+    """
     x = torch.randn(rows, weight.size(1), dtype=weight.dtype)
-    candidates = [lambda: F.linear(x, weight, bias), lambda: _weight_major_product(x, weight, bias)]
-    best = [float("inf"), float("inf")]
-    for fn in candidates:
-        fn()  # the first call may allocate or pick a kernel
-    deadline = time.perf_counter() + _PROBE_SECONDS
-    runs = 0
-    while runs < _PROBE_MIN_RUNS or time.perf_counter() < deadline:
-        for i, fn in enumerate(candidates):  # alternate, so a slow moment hurts both alike
-            start = time.perf_counter()
-            fn()
-            best[i] = min(best[i], time.perf_counter() - start)
-        runs += 1
+    candidates = {PLAIN: lambda: F.linear(x, weight, bias), WEIGHT_MAJOR: lambda: _weight_major_product(x, weight, bias)}
+    if can_pack(weight):
+        packed = torch.ops.mkl._mkl_reorder_linear_weight(weight.detach(), rows)
+        candidates[PACKED] = lambda: _packed_product(x, packed, weight, bias)
+    best = _fastest_times(candidates)
     if rows >= _STREAMING_ROWS:
         # In a hot loop the weight stays in the caches; in a real decode step it streams from memory, and at
         # several rows that favours W @ x^T more than this probe can see (GPT-2 124M bf16 at 8 rows: 304 tok/s
         # with hot-loop choices, 351 with W @ x^T everywhere). So near-ties go to W @ x^T here.
-        return not best[0] < 0.9 * best[1]
-    return best[1] < 0.9 * best[0]  # one row: switch only for a clear win
+        unpacked = PLAIN if best[PLAIN] < 0.9 * best[WEIGHT_MAJOR] else WEIGHT_MAJOR
+    else:
+        unpacked = WEIGHT_MAJOR if best[WEIGHT_MAJOR] < 0.9 * best[PLAIN] else PLAIN  # one row: a clear win only
+    # A packed copy costs memory and packing time: it has to win clearly.
+    if PACKED in best and best[PACKED] < 0.9 * best[unpacked]:
+        return PACKED, unpacked
+    return unpacked, unpacked
+
+
+def _fastest_times(candidates: dict) -> dict[str, float]:
+    """Best time of each candidate over about _PROBE_SECONDS, run in turns so a slow moment hurts all alike."""
+    for fn in candidates.values():
+        fn()  # the first call may allocate or pick a kernel
+    best = dict.fromkeys(candidates, float("inf"))
+    deadline = time.perf_counter() + _PROBE_SECONDS
+    runs = 0
+    while runs < _PROBE_MIN_RUNS or time.perf_counter() < deadline:
+        for name, fn in candidates.items():
+            start = time.perf_counter()
+            fn()
+            best[name] = min(best[name], time.perf_counter() - start)
+        runs += 1
+    return best
