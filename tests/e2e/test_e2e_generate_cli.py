@@ -46,6 +46,12 @@ def test_generate_json_and_streamed_output_agree(checkpoint):
     assert lmforge("generate", checkpoint, *greedy) == "Hello" + samples[0]["text"] + "\n"
 
 
+def test_generate_compiled_prints_what_eager_prints(checkpoint):
+    greedy = ["--prompt", "Hello", "--max-new-tokens", "20", "--temperature", "0", "--json"]
+    # Without a C++ compiler --compile warns on stderr and runs eagerly: the output is the same either way.
+    assert lmforge("generate", checkpoint, *greedy, "--compile") == lmforge("generate", checkpoint, *greedy)
+
+
 def test_generate_stops_at_a_stop_string(checkpoint, tmp_path):
     prompt_file = tmp_path / "prompt.txt"
     prompt_file.write_text("Hello")

@@ -7,10 +7,11 @@ import torch
 from lmforge.model.config import ModelConfig
 from lmforge.model.gpt import GPT
 from lmforge.train import compile as compile_mod
+from lmforge.utils import compiler
 
 
 def test_without_a_cpp_compiler_the_model_runs_eager_and_says_why(monkeypatch, capsys):
-    monkeypatch.setattr(compile_mod.shutil, "which", lambda name: None)
+    monkeypatch.setattr(compiler.shutil, "which", lambda name: None)
     model = torch.nn.Linear(2, 2)
     assert compile_mod.maybe_compile(model, True, torch.device("cpu")) is model
     assert "running eager" in capsys.readouterr().out

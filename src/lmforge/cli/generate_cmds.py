@@ -25,12 +25,12 @@ def _reject_unknown(overrides: list[str]) -> None:
         raise ValueError(f"unrecognised arguments: {' '.join(overrides)}")
 
 
-def _load_engine(checkpoint: str):
+def _load_engine(checkpoint: str, compile: bool = False):
     from ..generate.engine import Engine
     from ..tokenizer import load_tokenizer
     from ..train.checkpoint import load_model_from_checkpoint
 
-    return Engine(load_model_from_checkpoint(checkpoint), load_tokenizer(checkpoint))
+    return Engine(load_model_from_checkpoint(checkpoint), load_tokenizer(checkpoint), compile=compile)
 
 
 def _sampling_params(args: argparse.Namespace) -> SamplingParams:
@@ -59,7 +59,7 @@ def cmd_generate(args: argparse.Namespace, overrides: list[str]) -> int:
     _reject_unknown(overrides)
     prompt = Path(args.prompt_file).read_text(encoding="utf-8") if args.prompt_file else args.prompt
     params = _sampling_params(args)
-    engine = _load_engine(args.checkpoint)
+    engine = _load_engine(args.checkpoint, args.compile)
     for i in range(args.num_samples):
         sample_params = _sample_params(params, i)
         if args.json:
@@ -82,7 +82,8 @@ def cmd_chat(args: argparse.Namespace, overrides: list[str]) -> int:
 
     _reject_unknown(overrides)
     params = _sampling_params(args)
-    session = ChatSession(_load_engine(args.checkpoint), _chat_template(args), params, system=args.system)
+    engine = _load_engine(args.checkpoint, args.compile)
+    session = ChatSession(engine, _chat_template(args), params, system=args.system)
     print(f"chatting with {args.checkpoint} ({session.template.name} template). "
           "/reset forgets the conversation, /exit or Ctrl-D quits.")
     while True:
@@ -130,7 +131,7 @@ def cmd_serve(args: argparse.Namespace, overrides: list[str]) -> int:
         raise ValueError(f"serving needs FastAPI and uvicorn ({exc.name} is missing): "
                          "pip install 'lmforge[serve]'") from exc
     name = args.model_name or "/".join(Path(args.checkpoint).resolve().parts[-2:])  # e.g. my_run/best
-    app = create_app(_load_engine(args.checkpoint), name, _chat_template(args))
+    app = create_app(_load_engine(args.checkpoint, args.compile), name, _chat_template(args))
     if not is_loopback(args.host):
         print(f"WARNING: binding {args.host} lets other machines use this server; it has no authentication.",
               file=sys.stderr)
@@ -151,6 +152,12 @@ def _add_sampling_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stop", action="append", default=[], help="stop when this text appears (repeatable)")
 
 
+def _add_compile_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--compile", action="store_true",
+                   help="compile the decode step with torch.compile: the first generation waits for the compiler "
+                        "(tens of seconds on CPU), later tokens come faster (docs/generation.md)")
+
+
 def _add_template_flag(p: argparse.ArgumentParser) -> None:
     p.add_argument("--template", choices=sorted(TEMPLATES),
                    help="chat format (default: the checkpoint's chat_template.json, else chatml)")
@@ -164,6 +171,7 @@ def register(sub) -> None:
     prompt.add_argument("--prompt", default="", help="text to continue ('' = start a new document)")
     prompt.add_argument("--prompt-file", help="read the prompt from this file")
     _add_sampling_flags(p)
+    _add_compile_flag(p)
     p.add_argument("--num-samples", type=int, default=1)
     p.add_argument("--json", action="store_true",
                    help="print one JSON object per sample (prompt, text, finish_reason, token counts)")
@@ -174,6 +182,7 @@ def register(sub) -> None:
     p.add_argument("--system", help="a system message that starts the conversation")
     _add_template_flag(p)
     _add_sampling_flags(p)
+    _add_compile_flag(p)
     p.set_defaults(func=cmd_chat)
 
     p = sub.add_parser("serve", help="serve a checkpoint over HTTP with the OpenAI API")
@@ -182,4 +191,5 @@ def register(sub) -> None:
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--model-name", help="the name clients ask for (default: RUN_DIR/CHECKPOINT)")
     _add_template_flag(p)
+    _add_compile_flag(p)
     p.set_defaults(func=cmd_serve)

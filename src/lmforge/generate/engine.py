@@ -6,6 +6,9 @@ Token level (`generate_tokens`):
   and the attention mask hides the padding, so a row gets the same tokens as it would alone;
 * prefill: one forward pass over the prompts fills the KV cache and gives the first next-token logits;
 * decode: every step feeds only the newest token; attention reads the earlier ones from the cache;
+* compile (optional): the decode step can run through torch.compile, which fuses the small
+  per-layer operations into generated kernels and removes most of Python's per-operation cost;
+  the first steps wait for the compiler (tens of seconds on a 2-core CPU), later ones are faster;
 * slide: positions only go up to block_size - 1, so when the cache is full we keep the last
   block_size // 2 tokens and prefill them again from position 0. Shifting the cache instead would
   not do: its keys and values were computed at the old positions (learned or rotary alike).
@@ -17,12 +20,13 @@ Shapes: B = batch, S = tokens the model sees (the window), N = all tokens so far
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import closing
 
 import torch
 
 from ..model.gpt import GPT
+from ..utils.compiler import compiler_problem
 from ..model.kv_cache import KVCache, make_caches
 from ..tokenizer.base import Tokenizer
 from .params import Completion, SamplingParams
@@ -58,22 +62,28 @@ def left_pad(prompts: list[list[int]], device: torch.device) -> tuple[torch.Tens
 
 @torch.no_grad()
 def generate_tokens(model: GPT, prompts: list[list[int]], params: SamplingParams,
-                    generators: list[torch.Generator | None] | None = None) -> Iterator[list[int]]:
+                    generators: list[torch.Generator | None] | None = None,
+                    compile: bool = False) -> Iterator[list[int]]:
     """Yield the next token of every prompt, step after step, for params.max_new_tokens steps.
 
     The batch moves in lockstep, so rows never stop on their own: the caller ignores the rows it
     considers finished and leaves the loop when none is left. Every prompt must hold 1..block_size
     tokens (see fit_prompt). generators[i] draws row i's tokens (None: torch's global generator).
+    compile=True runs the one-token decode steps through torch.compile (compiled_decode_step; ask
+    compile_problem first whether this machine can compile).
     """
     if not all(prompts):
         raise ValueError("every prompt needs at least one token")
     if params.max_new_tokens == 0:
         return
     generators = generators or [None] * len(prompts)
+    decode = compiled_decode_step() if compile else _forward
     weights = next(model.parameters())
     tokens, is_real = left_pad(prompts, weights.device)  # (B, N): every token so far
     # The prompt and all new tokens but the last go through the model; room for more is never needed.
-    capacity = min(model.config.block_size, tokens.size(1) + params.max_new_tokens - 1)
+    # A compiled step gets the whole window: caches of one size for every generation, one compiled graph.
+    needed = tokens.size(1) + params.max_new_tokens - 1
+    capacity = model.config.block_size if compile else min(model.config.block_size, needed)
     caches = make_caches(model.config, len(prompts), capacity, weights.dtype, weights.device)
     start = 0  # the window, what the model sees, is tokens[:, start:]
     was_training = model.training
@@ -89,14 +99,14 @@ def generate_tokens(model: GPT, prompts: list[list[int]], params: SamplingParams
                 return
             tokens = torch.cat([tokens, next_ids[:, None]], dim=1)  # (B, N + 1)
             is_real = torch.cat([is_real, torch.ones_like(is_real[:, :1])], dim=1)
-            n_new = 1
+            n_new, step_fn = 1, decode
             if caches[0].is_full:  # slide: prefill the most recent tokens again, from position 0
-                n_new = kept_after_slide(model.config.block_size)
+                n_new, step_fn = kept_after_slide(model.config.block_size), _forward
                 start = tokens.size(1) - n_new
                 for cache in caches:
                     cache.clear()
-            logits = _forward(model, tokens[:, start:], is_real[:, start:], caches, n_new,
-                              padded and not bool(is_real[:, start:].all()))
+            logits = step_fn(model, tokens[:, start:], is_real[:, start:], caches, n_new,
+                             padded and not bool(is_real[:, start:].all()))
     finally:
         model.train(was_training)
 
@@ -111,6 +121,30 @@ def _forward(model: GPT, window: torch.Tensor, is_real: torch.Tensor, caches: li
         attn_mask = is_real
     hidden = model.hidden_states(window[:, -n_new:], positions, caches, attn_mask)  # (B, n_new, C)
     return model.lm_head(hidden[:, -1])  # only the last position's logits are needed
+
+
+_compiled_step: Callable | None = None
+
+
+def compiled_decode_step() -> Callable:
+    """_forward through torch.compile, made once per process and shared by every generation.
+
+    One compiled function serves every model and batch: torch.compile keeps a graph per case it
+    meets (a model, a batch size, with or without padding) and re-checks cheap guards at each call.
+    The cache length grows every step; after the second length torch.compile treats it as symbolic
+    ("automatic dynamic shapes"), so a generation compiles twice, not once per step. Only one-token
+    steps take this path: the prefill has other shapes each time and runs once per generation.
+    """
+    global _compiled_step
+    if _compiled_step is None:
+        torch._dynamo.config.suppress_errors = True  # a graph that fails to compile runs eagerly instead
+        _compiled_step = torch.compile(_forward)
+    return _compiled_step
+
+
+def compile_problem(model: GPT) -> str | None:
+    """Why generation with this model cannot be compiled here, or None when it can."""
+    return compiler_problem(next(model.parameters()).device)
 
 
 def _sample_rows(logits: torch.Tensor, params: SamplingParams, generators: list[torch.Generator | None],
@@ -198,11 +232,16 @@ class Engine:
     """Text in, text out, for one model and its tokenizer.
 
     generate() runs up to max_batch_size prompts as one batch; each batch keeps a KV cache of
-    n_layer x 2 x batch x n_kv_head x block_size x head_dim numbers.
+    n_layer x 2 x batch x n_kv_head x block_size x head_dim numbers. compile=True compiles the decode
+    step where this machine can (else it warns and runs eagerly).
     """
 
-    def __init__(self, model: GPT, tokenizer: Tokenizer, max_batch_size: int = 16):
+    def __init__(self, model: GPT, tokenizer: Tokenizer, max_batch_size: int = 16, compile: bool = False):
         self.model, self.tokenizer, self.max_batch_size = model, tokenizer, max_batch_size
+        problem = compile_problem(model) if compile else None
+        if problem is not None:
+            warnings.warn(f"generating without compiling: {problem}", stacklevel=2)
+        self.compile = compile and problem is None
 
     def stream(self, prompt: str, params: SamplingParams, finished: list[TextStream] | None = None) -> Iterator[str]:
         """Pieces of generated text as they are produced (never empty, never half a character).
@@ -242,7 +281,7 @@ class Engine:
              params: SamplingParams) -> Iterator[tuple[int, str]]:
         """Generate for a batch; yield (row, text piece) as text appears. Every stream ends finished."""
         generators = [self._generator(params.seed) for _ in prompts]
-        with closing(generate_tokens(self.model, prompts, params, generators)) as steps:
+        with closing(generate_tokens(self.model, prompts, params, generators, self.compile)) as steps:
             for tokens in steps:
                 for row, (stream, token) in enumerate(zip(streams, tokens)):
                     if stream.finish_reason is None:
