@@ -1,6 +1,6 @@
 """Greedy generation speed: lmforge vs Hugging Face transformers on the same GPT-2 124M, on CPU.
 
-    python bench/generate_speed.py [--new-tokens 256] [--threads 2] [--repeats 1] [--out FILE.json]
+    python bench/generate_speed.py [--new-tokens 256] [--threads 2] [--repeats 1] [--no-compiled] [--out FILE.json]
 
 Both libraries run one random-weight GPT-2 124M: lmforge's weights are copied into a
 `transformers.GPT2LMHeadModel` and the logits are checked to agree before anything is timed. For each
@@ -8,6 +8,10 @@ engine, dtype (fp32, bf16) and batch size (1, 8) one fresh subprocess builds the
 the first new token (prefill + one step) and the whole generation, and reports its peak memory. The
 memory bandwidth is measured in the same run, and each batch-1 result is given as a share of the
 weight-streaming limit: a batch-1 step must read every weight once, so tokens/s <= bandwidth / weight bytes.
+
+Both libraries can also compile their decode step; those two configurations (fp32, batch 1) are measured
+after the others and reported beside the targets, which compare the default, eager paths (--no-compiled
+skips them).
 
 Prints a markdown table and the ratios the issue asks for; writes everything to the JSON file.
 """
@@ -42,6 +46,10 @@ LOGITS_TOLERANCE = 1e-4
 # since re-running the whole context every step is slow (it is the baseline the cache is measured against).
 CONFIGS = [(engine, dtype, batch) for dtype in DTYPES for batch in (1, 8) for engine in ("lmforge", "hf")]
 CONFIGS.append(("lmforge-no-cache", "fp32", 1))
+# Both libraries can compile their decode step (lmforge: Engine(compile=True) / --compile; HF: a static cache and
+# torch.compile(model.forward), its documented recipe). Measured at fp32 batch 1, where per-step overhead matters
+# most; reported beside the targets, which compare the default (eager) paths.
+COMPILED = [("lmforge-compiled", "fp32", 1), ("hf-compiled", "fp32", 1)]
 # Targets stated in the issue: (name, numerator config, denominator config, target ratio).
 TARGETS = [
     ("lmforge / HF, fp32, batch 1", ("lmforge", "fp32", 1), ("hf", "fp32", 1), 1.2),
@@ -141,7 +149,21 @@ def hf_generate(model, prompts: torch.Tensor, new_tokens: int) -> torch.Tensor:
     return out[:, prompts.size(1):]
 
 
-RUNNERS = {"lmforge": lmforge_cached, "lmforge-no-cache": lmforge_no_cache, "hf": hf_generate}
+def lmforge_compiled(model: GPT, prompts: torch.Tensor, new_tokens: int) -> torch.Tensor:
+    steps = generate_tokens(model, prompts.tolist(), SamplingParams(max_new_tokens=new_tokens, temperature=0.0),
+                            compile=True)
+    return torch.tensor(list(steps)).t()
+
+
+def compile_hf(model):
+    """HF's recipe for compiled generation: a static cache, and torch.compile on the forward."""
+    model.generation_config.cache_implementation = "static"
+    model.forward = torch.compile(model.forward)
+    return model
+
+
+RUNNERS = {"lmforge": lmforge_cached, "lmforge-no-cache": lmforge_no_cache, "hf": hf_generate,
+           "lmforge-compiled": lmforge_compiled, "hf-compiled": hf_generate}
 
 
 # ---- one configuration, in its own process --------------------------------------------------------------
@@ -149,12 +171,16 @@ def measure_config(engine: str, dtype: str, batch: int, new_tokens: int, repeats
     """Build the model, warm up, then time the first token and the whole generation."""
     model = lmforge_model()
     load_model(model, str(weights))
-    if engine == "hf":
+    if engine.startswith("hf"):
         model = hf_model_like(model)
     model = model.to(DTYPES[dtype])
+    if engine == "hf-compiled":
+        model = compile_hf(model)
     prompts = torch.randint(VOCAB_SIZE, (batch, PROMPT_TOKENS), generator=torch.Generator().manual_seed(SEED))
     generate = RUNNERS[engine]
     generate(model, prompts, 4)  # warm-up: first calls allocate buffers and pick kernels
+    if engine.endswith("compiled"):  # the compilers' graphs depend on the generation's length: warm up at full length
+        generate(model, prompts, new_tokens)
     reset_peak_memory()
     first_token = statistics.median(timed(generate, model, prompts, 1)[0] for _ in range(3))
     runs = [timed(generate, model, prompts, new_tokens) for _ in range(repeats)]
@@ -239,16 +265,28 @@ def _common_prefix(a: list[int], b: list[int]) -> int:
     return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
 
 
-def ratios(results: list[dict]) -> list[dict]:
+# Beside the targets: what compiling changes (name, numerator config, denominator config).
+COMPILED_RATIOS = [
+    ("lmforge compiled / HF, fp32, batch 1", ("lmforge-compiled", "fp32", 1), ("hf", "fp32", 1)),
+    ("lmforge compiled / HF compiled, fp32, batch 1", ("lmforge-compiled", "fp32", 1), ("hf-compiled", "fp32", 1)),
+    ("HF compiled / HF, fp32, batch 1", ("hf-compiled", "fp32", 1), ("hf", "fp32", 1)),
+]
+
+
+def ratios(results: list[dict]) -> tuple[list[dict], list[dict]]:
+    """The target rows, and the compiled rows (those whose configurations were measured)."""
     speed = {(r["engine"], r["dtype"], r["batch"]): r["tokens_per_s"] for r in results}
-    rows = []
+    targets = []
     for name, numerator, denominator, target in TARGETS:
         measured = speed[numerator] / speed[denominator]
-        rows.append({"name": name, "measured": measured, "target": target, "met": measured >= target})
-    return rows
+        targets.append({"name": name, "measured": measured, "target": target, "met": measured >= target})
+    compiled = [{"name": name, "measured": speed[numerator] / speed[denominator]}
+                for name, numerator, denominator in COMPILED_RATIOS if numerator in speed and denominator in speed]
+    return targets, compiled
 
 
-def markdown(results: list[dict], target_rows: list[dict], bandwidth: dict, weights: dict[str, int]) -> str:
+def markdown(results: list[dict], target_rows: list[dict], compiled_rows: list[dict], bandwidth: dict,
+             weights: dict[str, int]) -> str:
     lines = ["| engine | dtype | batch | tokens/s | first token (ms) | peak RSS (MB) | share of weight-streaming limit "
              "| tokens equal to HF |", "|---|---|---|---:|---:|---:|---:|---:|"]
     for r in results:
@@ -261,6 +299,9 @@ def markdown(results: list[dict], target_rows: list[dict], bandwidth: dict, weig
               f"{weights['bf16'] / 1e6:.0f} MB bf16", "", "| ratio | measured | target | met |", "|---|---:|---:|---|"]
     lines += [f"| {t['name']} | {t['measured']:.2f}x | >= {t['target']}x | {'yes' if t['met'] else 'no'} |"
               for t in target_rows]
+    if compiled_rows:
+        lines += ["", "| compiled (not a target) | measured |", "|---|---:|"]
+        lines += [f"| {c['name']} | {c['measured']:.2f}x |" for c in compiled_rows]
     return "\n".join(lines)
 
 
@@ -269,6 +310,8 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=256)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=1, help="timed generations per config (the fastest counts)")
+    parser.add_argument("--no-compiled", action="store_true",
+                        help="skip the compiled configurations (they spend about a minute compiling)")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "generate_speed.json"))
     parser.add_argument("--one", nargs=3, metavar=("ENGINE", "DTYPE", "BATCH"), help=argparse.SUPPRESS)
     parser.add_argument("--weights", help=argparse.SUPPRESS)
@@ -295,16 +338,17 @@ def main() -> None:
         save_model(model, str(weights_file))
         del model
         results = []
-        for config in CONFIGS:
+        for config in CONFIGS + ([] if args.no_compiled else COMPILED):
             results.append(run_in_subprocess(config, args, weights_file))
             print(f"{config}: {results[-1]['tokens_per_s']:.1f} tokens/s", file=sys.stderr)
     add_derived(results, bandwidth, weights)
-    target_rows = ratios(results)
-    print(markdown(results, target_rows, bandwidth, weights))
+    target_rows, compiled_rows = ratios(results)
+    print(markdown(results, target_rows, compiled_rows, bandwidth, weights))
 
     report = {"machine": machine(), "threads": args.threads, "prompt_tokens": PROMPT_TOKENS,
               "new_tokens": args.new_tokens, "repeats": args.repeats, "max_logits_difference": difference,
               "memory_bandwidth": bandwidth, "weight_bytes": weights, "results": results, "targets": target_rows,
+              "compiled": compiled_rows,
               "load_average_before_after": [load_before[0], os.getloadavg()[0]],
               "wall_seconds": time.perf_counter() - start}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -6,8 +6,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from lmforge.generate.engine import generate_text
 from lmforge.model import linear as linear_module
+from lmforge.model.config import ModelConfig
+from lmforge.model.gpt import GPT
 from lmforge.model.linear import PACK_AFTER_CALLS, PACKED, PLAIN, WEIGHT_MAJOR, Linear, can_pack
+from lmforge.tokenizer import CharTokenizer
 
 
 @pytest.fixture(autouse=True)
@@ -130,3 +134,16 @@ def test_it_is_still_an_nn_linear_with_the_same_state_dict():
     layer = Linear(8, 4)
     assert isinstance(layer, torch.nn.Linear)
     assert set(layer.state_dict()) == {"weight", "bias"}
+
+
+def test_one_off_generations_free_their_packed_copies(monkeypatch):
+    force_layout(monkeypatch, PACKED)
+    chars = CharTokenizer.train(["abcdefghij"])
+    model = GPT(ModelConfig(vocab_size=chars.vocab_size, n_layer=1, n_head=2, n_embd=16, block_size=64)).eval()
+    layers = [m for m in model.modules() if isinstance(m, Linear)]
+    for layer in layers:  # what a longer generation leaves behind
+        for _ in range(PACK_AFTER_CALLS):
+            decode_step(layer, rows=1)
+    assert all(layer._packed.tensor is not None for layer in layers)
+    generate_text(model, chars, "abc", max_new_tokens=PACK_AFTER_CALLS + 4, temperature=0)
+    assert all(layer._packed is None for layer in layers)

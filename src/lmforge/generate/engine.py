@@ -28,6 +28,7 @@ import torch
 from ..model.gpt import GPT
 from ..utils.compiler import compiler_problem
 from ..model.kv_cache import KVCache, make_caches
+from ..model.linear import drop_packed_weights
 from ..tokenizer.base import Tokenizer
 from .params import Completion, SamplingParams
 from .sampling import sample_next
@@ -308,4 +309,9 @@ def generate_text(model: GPT, tokenizer: Tokenizer, prompt: str, max_new_tokens:
     """Generate a continuation of `prompt` (text in, text out); stops at end-of-text."""
     params = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
                             seed=seed)
-    return Engine(model, tokenizer).generate([prompt], params)[0].text
+    try:
+        return Engine(model, tokenizer).generate([prompt], params)[0].text
+    finally:
+        # One-off generations (e.g. samples during training, where the weights change before the next one)
+        # would leave packed weight copies (model/linear.py) holding memory for nothing.
+        drop_packed_weights(model)

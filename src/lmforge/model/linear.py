@@ -80,6 +80,13 @@ class Linear(nn.Linear):
         return packed.tensor
 
 
+def drop_packed_weights(model: nn.Module) -> None:
+    """Free every packed copy in `model` (they come back, after a few steps, when decoding resumes)."""
+    for module in model.modules():
+        if isinstance(module, Linear):
+            module._packed = None
+
+
 class _PackedWeight:
     """A packed copy of one weight, valid while the weight is the same tensor holding the same values.
 
