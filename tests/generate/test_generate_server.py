@@ -3,14 +3,16 @@
 import socket
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 
 import httpx
 import openai
 import pytest
 import torch
 import uvicorn
+from fastapi.testclient import TestClient
 
-from lmforge.generate.chat import CHATML
+from lmforge.generate.chat import CHATML, chat_prompt_ids
 from lmforge.generate.engine import Engine
 from lmforge.generate.params import SamplingParams
 from lmforge.generate.server import create_app
@@ -220,3 +222,25 @@ def test_concurrent_requests_are_served_in_turn_on_one_thread(client, engine):
 
 def _params(max_tokens, stop=()):
     return SamplingParams(max_new_tokens=max_tokens, temperature=0, stop=list(stop))
+
+
+def test_chat_prompts_of_an_instruction_tuned_model_carry_end_of_text_after_earlier_answers(engine):
+    tuned = replace(CHATML, eot_after_answer=True)  # as stored by lmforge's instruction tuning
+    seen = []
+
+    class PromptRecorder(Engine):
+        def generate(self, prompts, params):
+            seen.extend(prompts)
+            return super().generate(prompts, params)
+
+    torch.manual_seed(0)
+    model = GPT(ModelConfig(vocab_size=engine.tokenizer.vocab_size, n_layer=1, n_head=2, n_embd=16, block_size=256))
+    recorder = PromptRecorder(model, engine.tokenizer)
+    messages = [{"role": "user", "content": "Hi?"}, {"role": "assistant", "content": "Hello"},
+                {"role": "user", "content": "abc?"}]
+    with TestClient(create_app(recorder, MODEL, tuned)) as http:
+        answer = http.post("/v1/chat/completions", json={**GREEDY, "messages": messages})
+    assert answer.status_code == 200
+    assert seen == [chat_prompt_ids(messages, tuned, engine.tokenizer)]
+    assert seen[0].count(engine.tokenizer.eot_id) == 1
+    assert answer.json()["usage"]["prompt_tokens"] == len(seen[0])

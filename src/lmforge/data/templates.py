@@ -23,6 +23,9 @@ A template is data, not code:
     role_messages      optional: a different `message` format for some roles (e.g. Alpaca's
                        "### Instruction:" for users and "### Response:" for the assistant)
     default_system     optional: system message used when a conversation brings none
+    eot_after_answer   the model saw the end-of-text token after every answer in training, as
+                       lmforge's instruction tuning writes it (set in the chat_template.json that
+                       fine-tuning stores); a multi-turn prompt then carries it after earlier answers
 
 Besides system/user/assistant, a conversation may hold an "input" message right after a user
 message: the extra context of an Alpaca record. A template with a format for "input" writes it as
@@ -53,6 +56,7 @@ class ChatTemplate:
     stop: tuple[str, ...] = ()
     role_messages: dict[str, str] = field(default_factory=dict, hash=False)
     default_system: str = ""
+    eot_after_answer: bool = False
 
     def validate(self) -> None:
         for role, message_format in {"": self.message, **self.role_messages}.items():
@@ -176,7 +180,8 @@ def save_chat_template(ckpt_dir: str | Path, template: ChatTemplate) -> Path:
     """Store `template` with a checkpoint, so that chat and serve use it by default."""
     template.validate()
     data = asdict(template)
-    for optional in ("role_messages", "default_system"):  # left out when unused: older readers know only the rest
+    for optional in ("role_messages", "default_system", "eot_after_answer"):  # left out when unused: older
+        # readers know only the rest
         if not data[optional]:
             del data[optional]
     path = Path(ckpt_dir) / TEMPLATE_FILENAME
@@ -194,9 +199,10 @@ def load_chat_template(ckpt_dir: str | Path) -> ChatTemplate:
         template = ChatTemplate(name=data["name"], message=data["message"],
                                 generation_prompt=data["generation_prompt"], stop=tuple(data.get("stop", ())),
                                 role_messages=dict(data.get("role_messages", {})),
-                                default_system=data.get("default_system", ""))
+                                default_system=data.get("default_system", ""),
+                                eot_after_answer=bool(data.get("eot_after_answer", False)))
     except (KeyError, TypeError, ValueError) as exc:
         raise ValueError(f"{path}: expected an object with name, message, generation_prompt and stop "
-                         "(and optionally role_messages and default_system)") from exc
+                         "(and optionally role_messages, default_system and eot_after_answer)") from exc
     template.validate()
     return template

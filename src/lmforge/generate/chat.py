@@ -29,12 +29,28 @@ from lmforge.data.templates import (
 from .params import SamplingParams
 
 if TYPE_CHECKING:  # only for type hints: importing the engine would load the model code
+    from ..tokenizer.base import Tokenizer
     from .engine import Engine
 
 __all__ = [
     "ALPACA", "CHATML", "PLAIN", "RAW", "TEMPLATES", "TEMPLATE_FILENAME",
-    "ChatSession", "ChatTemplate", "load_chat_template", "render", "save_chat_template",
+    "ChatSession", "ChatTemplate", "chat_prompt_ids", "load_chat_template", "render", "save_chat_template",
 ]
+
+
+def chat_prompt_ids(messages: list[dict[str, str]], template: ChatTemplate, tokenizer: Tokenizer) -> list[int]:
+    """The token ids that ask the model for the next answer in this conversation.
+
+    A model instruction-tuned by lmforge saw every answer followed by the end-of-text token, and
+    each template segment tokenised on its own (data/sft.py); its prompt is built the same way, so
+    a multi-turn conversation looks exactly as in training. Any other model gets the rendered text.
+    """
+    if not template.eot_after_answer:
+        return tokenizer.encode(render(messages, template))
+    from lmforge.data.sft import tokenize_conversation  # here: it loads torch, and the CLI imports this module early
+
+    history = tokenize_conversation(messages, tokenizer, template).input_ids
+    return history + tokenizer.encode(template.generation_prompt)
 
 
 class ChatSession:
@@ -58,7 +74,7 @@ class ChatSession:
     def reply(self, user_text: str) -> Iterator[str]:
         """Stream the assistant's answer to `user_text`; the answer joins the history once done."""
         self.messages.append({"role": "user", "content": user_text})
-        prompt = render(self.messages, self.template)
+        prompt = chat_prompt_ids(self.messages, self.template, self.engine.tokenizer)
         pieces: list[str] = []
         try:
             for piece in self.engine.stream(prompt, self.params):

@@ -33,6 +33,8 @@ from ..tokenizer.base import Tokenizer
 from .params import Completion, SamplingParams
 from .sampling import sample_next
 
+Prompt = str | list[int]  # text, or token ids already encoded
+
 # ---- token level ------------------------------------------------------------------------------------
 
 
@@ -244,8 +246,10 @@ class Engine:
             warnings.warn(f"generating without compiling: {problem}", stacklevel=2)
         self.compile = compile and problem is None
 
-    def stream(self, prompt: str, params: SamplingParams, finished: list[TextStream] | None = None) -> Iterator[str]:
+    def stream(self, prompt: Prompt, params: SamplingParams, finished: list[TextStream] | None = None) -> Iterator[str]:
         """Pieces of generated text as they are produced (never empty, never half a character).
+
+        A prompt is text, or token ids already encoded (e.g. by generate.chat.chat_prompt_ids).
 
         Pass a list as `finished` to learn how it ended: the TextStream (finish_reason, token_ids) is
         appended to it when the last piece has been handed out.
@@ -257,11 +261,11 @@ class Engine:
         if finished is not None:
             finished.append(stream)
 
-    def prompt_overflow(self, prompt: str) -> int:
+    def prompt_overflow(self, prompt: Prompt) -> int:
         """How many tokens of `prompt` do not fit the context (the oldest ones, dropped before generating)."""
-        return max(0, len(self.tokenizer.encode(prompt)) - self.model.config.block_size)
+        return max(0, len(self._encode(prompt)) - self.model.config.block_size)
 
-    def generate(self, prompts: list[str], params: SamplingParams) -> list[Completion]:
+    def generate(self, prompts: list[Prompt], params: SamplingParams) -> list[Completion]:
         """One completion per prompt, in order."""
         params.validate()
         completions = []
@@ -274,9 +278,13 @@ class Engine:
                                        finish_reason=s.finish_reason) for s, ids in zip(streams, batch)]
         return completions
 
-    def _prompt_ids(self, prompt: str) -> list[int]:
-        ids = self.tokenizer.encode(prompt) if prompt else [self.tokenizer.eot_id]
-        return fit_prompt(ids, self.model.config.block_size)
+    def _prompt_ids(self, prompt: Prompt) -> list[int]:
+        return fit_prompt(self._encode(prompt), self.model.config.block_size)
+
+    def _encode(self, prompt: Prompt) -> list[int]:
+        """Token ids of a prompt; an empty one starts a new document (the end-of-text token)."""
+        ids = prompt if isinstance(prompt, list) else self.tokenizer.encode(prompt)
+        return list(ids) or [self.tokenizer.eot_id]
 
     def _run(self, prompts: list[list[int]], streams: list[TextStream],
              params: SamplingParams) -> Iterator[tuple[int, str]]:

@@ -32,8 +32,8 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException
 
-from .chat import ChatTemplate, render
-from .engine import Engine
+from .chat import ChatTemplate, chat_prompt_ids
+from .engine import Engine, Prompt
 from .params import Completion, SamplingParams
 
 DEFAULT_MAX_TOKENS = 256      # when a request does not say
@@ -94,10 +94,10 @@ class GenerationWorker:
         self.engine = engine
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lmforge-generate")
 
-    async def generate(self, prompts: list[str], params: SamplingParams) -> list[Completion]:
+    async def generate(self, prompts: list[Prompt], params: SamplingParams) -> list[Completion]:
         return await asyncio.get_running_loop().run_in_executor(self.executor, self.engine.generate, prompts, params)
 
-    async def stream(self, prompt: str, params: SamplingParams, finished: list | None = None) -> AsyncIterator[str]:
+    async def stream(self, prompt: Prompt, params: SamplingParams, finished: list | None = None) -> AsyncIterator[str]:
         """Pieces of text as the worker produces them, handed over through an asyncio queue.
 
         `finished` receives the engine's TextStream at the end (see Engine.stream)."""
@@ -127,7 +127,7 @@ class GenerationWorker:
             cancelled.set()
 
 
-def prompt_warnings(engine: Engine, prompts: list[str]) -> list[str]:
+def prompt_warnings(engine: Engine, prompts: list[Prompt]) -> list[str]:
     """What the client should know about its prompts: those longer than the context lose their oldest tokens."""
     block = engine.model.config.block_size
     notes = []
@@ -144,7 +144,7 @@ def prompt_warnings(engine: Engine, prompts: list[str]) -> list[str]:
 class Job:
     """What one request asks the engine for: every prompt, sampled n times."""
 
-    prompts: list[str]
+    prompts: list[Prompt]  # text, or token ids (chat prompts, see generate.chat.chat_prompt_ids)
     params: SamplingParams
     n: int
 
@@ -340,7 +340,7 @@ def create_app(engine: Engine, model_name: str, template: ChatTemplate,
     @app.post("/v1/chat/completions")
     async def chat_completions(req: ChatRequest):
         check_model(req.model)
-        prompt = render([m.model_dump() for m in req.messages], template)
+        prompt = chat_prompt_ids([m.model_dump() for m in req.messages], template, engine.tokenizer)
         max_tokens = req.max_tokens if req.max_completion_tokens is None else req.max_completion_tokens
         job = Job([prompt], sampling_params(req, max_tokens, max_tokens_limit, template.stop), req.n)
         return await answer(worker, job, ChatApi, model_name, req.stream)

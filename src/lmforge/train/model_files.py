@@ -14,6 +14,7 @@ Classifiers:    model.safetensors (body + head), config.json (the body), classif
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -80,4 +81,6 @@ class _WithChatTemplate:
 
 
 def with_chat_template(files, template):
-    return _WithChatTemplate(files, template)
+    # Instruction tuning puts the end-of-text token after every answer (data/sft.py), so the stored template
+    # says so: chat and serve then write it after earlier answers too, as the model saw in training.
+    return _WithChatTemplate(files, replace(template, eot_after_answer=True))
