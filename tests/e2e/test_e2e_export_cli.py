@@ -2,6 +2,7 @@
 
 import argparse
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -9,7 +10,8 @@ import torch
 
 from lmforge.cli import export_cmd
 from lmforge.config.run import load_run_config, render_config
-from lmforge.data.templates import PLAIN, load_chat_template, save_chat_template
+from lmforge.data.templates import ALPACA, CHATML, PLAIN, load_chat_template, render, save_chat_template
+from lmforge.generate.chat import chat_prompt_ids
 from lmforge.generate.engine import Engine
 from lmforge.generate.params import SamplingParams
 from lmforge.model.config import ModelConfig
@@ -162,3 +164,28 @@ def test_scaled_rope_survives_an_lmforge_checkpoint_and_the_run_config(tmp_path)
     cfg = load_run_config(overrides=[f"--model.init_from={tmp_path / 'hf'}"])
     assert cfg.model.rope_scaling == scaling
     assert "rope_scaling: {rope_type: llama3, factor: 8.0" in render_config(cfg)
+
+
+@pytest.mark.parametrize("template", [PLAIN, replace(CHATML, eot_after_answer=True),
+                                      replace(ALPACA, eot_after_answer=True)])
+def test_exported_chat_template_works_with_apply_chat_template(template, tmp_path):
+    tokenizer = CharTokenizer.train([TEXT + "<|im_start|>|im_end|>#ABCDEFGHIJKLMNOPQRSTUVWXYZ:\n"])
+    ckpt = make_checkpoint(tmp_path / "run", tokenizer)
+    save_chat_template(ckpt, template)
+    out = tmp_path / "hf"
+    run_export(ckpt, "--out", out)
+    hf_tokenizer = transformers.AutoTokenizer.from_pretrained(out)
+    conversation = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hello, fox!"},
+                    {"role": "assistant", "content": "The dog."}, {"role": "user", "content": "Who?"}]
+    for messages in (conversation, conversation[1:]):
+        text = hf_tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        eot = hf_tokenizer.eos_token
+        expected = render(messages, template)
+        if template.eot_after_answer:  # the end-of-text token right after the answer, as in training
+            answer_end = expected.index("The dog.") + len("The dog.") + len(template.message_format("assistant")
+                                                                             .split("{content}")[1])
+            expected = expected[:answer_end] + eot + expected[answer_end:]
+        assert text == expected
+        # Encoded by transformers, the prompt is what lmforge's chat and serve feed the model.
+        ids = hf_tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=True, return_dict=False)
+        assert list(ids) == chat_prompt_ids(messages, template, tokenizer)

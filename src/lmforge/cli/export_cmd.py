@@ -7,7 +7,8 @@ DIR then holds config.json, generation_config.json and model.safetensors (see mo
 tokenizer.json and tokenizer_config.json (see tokenizer/hf.py), so that
 `AutoModelForCausalLM.from_pretrained(DIR)` and `AutoTokenizer.from_pretrained(DIR)` load it, and
 so do lmforge's own commands (`lmforge generate DIR ...`). A chat_template.json stored with the
-checkpoint is copied along, so `lmforge chat DIR` keeps answering in the format it was tuned on.
+checkpoint is copied along, so `lmforge chat DIR` keeps answering in the format it was tuned on, and
+written as the tokenizer's Jinja `chat_template` too, for transformers' `apply_chat_template`.
 """
 
 from __future__ import annotations
@@ -56,7 +57,29 @@ def export_hf(checkpoint: str | Path, out_dir: str | Path, dtype: str = "float32
     save_hf_model(model.to(getattr(torch, dtype)), out_dir, bos_token_id=bos, eos_token_id=eos)
     if (checkpoint / CHAT_TEMPLATE_FILE).is_file():
         shutil.copy2(checkpoint / CHAT_TEMPLATE_FILE, out_dir / CHAT_TEMPLATE_FILE)
+        _write_hf_chat_template(out_dir)
     return out_dir
+
+
+def _write_hf_chat_template(out_dir: Path) -> None:
+    """Give the folder's tokenizer lmforge's chat template as Jinja, for transformers' apply_chat_template.
+
+    It replaces a template the tokenizer files brought along (a fine-tuned model answers in the format
+    it was tuned on). Written both into tokenizer_config.json and as chat_template.jinja, the two places
+    transformers versions read it from.
+    """
+    import json
+
+    from ..data.templates import jinja_chat_template, load_chat_template
+
+    config_path = out_dir / "tokenizer_config.json"
+    config = json.loads(config_path.read_text(encoding="utf-8"))
+    eos = config.get("eos_token") or ""
+    eos = eos.get("content", "") if isinstance(eos, dict) else eos  # HF writes special tokens either way
+    jinja = jinja_chat_template(load_chat_template(out_dir), eot_token=eos)
+    config["chat_template"] = jinja
+    config_path.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    (out_dir / "chat_template.jinja").write_text(jinja + "\n", encoding="utf-8")
 
 
 def export_peft(checkpoint: str | Path, out_dir: str | Path, force: bool = False) -> Path:

@@ -176,6 +176,48 @@ def _with_default_system(messages: list[Message], template: ChatTemplate) -> lis
     return [{"role": "system", "content": template.default_system}, *messages]
 
 
+def jinja_chat_template(template: ChatTemplate, eot_token: str = "") -> str:
+    """The template in Hugging Face's format: Jinja source for tokenizer_config.json's `chat_template`.
+
+    `tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)` then gives
+    `render(messages, template)`, with `eot_token` after each answer when the template has
+    eot_after_answer (a tokenizer reads that string as the end-of-text token). "input" messages
+    (Alpaca records) are not folded into the user message the way lmforge's own rendering does.
+    """
+    def message(role_format: str) -> str:
+        # A Python format string as Jinja output: literal parts as string literals, fields as expressions.
+        parts = []
+        for literal, name, _, _ in string.Formatter().parse(role_format):
+            if literal:
+                parts.append("{{ " + json.dumps(literal) + " }}")
+            if name is not None:
+                parts.append("{{ " + _JINJA_FIELDS[name] + " }}")
+        return "".join(parts)
+
+    lines = []
+    if template.default_system:
+        default = {"role": "system", "content": template.default_system}
+        lines += ["{%- if not messages or messages[0]['role'] != 'system' -%}",
+                  "{{ " + json.dumps(_format_message(default, template)) + " }}", "{%- endif -%}"]
+    lines.append("{%- for message in messages -%}")
+    for i, (role, role_format) in enumerate(template.role_messages.items()):
+        lines += ["{%- " + ("if" if i == 0 else "elif") + f" message['role'] == {json.dumps(role)} -%}}",
+                  message(role_format)]
+    lines += (["{%- else -%}", message(template.message), "{%- endif -%}"] if template.role_messages
+              else [message(template.message)])
+    if template.eot_after_answer and eot_token:
+        lines += [f"{{%- if message['role'] == {json.dumps(SUPERVISED_ROLE)} -%}}",
+                  "{{ " + json.dumps(eot_token) + " }}", "{%- endif -%}"]
+    lines.append("{%- endfor -%}")
+    if template.generation_prompt:
+        lines += ["{%- if add_generation_prompt -%}", "{{ " + json.dumps(template.generation_prompt) + " }}",
+                  "{%- endif -%}"]
+    return "\n".join(lines)
+
+
+_JINJA_FIELDS = {"role": "message['role']", "Role": "message['role'] | capitalize", "content": "message['content']"}
+
+
 def save_chat_template(ckpt_dir: str | Path, template: ChatTemplate) -> Path:
     """Store `template` with a checkpoint, so that chat and serve use it by default."""
     template.validate()
