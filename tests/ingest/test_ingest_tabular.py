@@ -64,6 +64,15 @@ def test_unknown_extension_sniffs_the_delimiter(tmp_path):
     assert texts(read_csv(path, ReaderOptions())) == ["semicolon separated row", "another row here"]
 
 
+def test_csv_with_semicolons_from_a_decimal_comma_locale(tmp_path):
+    path = tmp_path / "export.csv"
+    path.write_text('id;price;text\n1;3,50;"Cheap, and good; really."\n2;4,20;Second row\n')
+    assert texts(read_csv(path, ReaderOptions())) == ["Cheap, and good; really.", "Second row"]
+    commas = tmp_path / "commas.csv"  # semicolons inside cells do not fool it
+    commas.write_text('id,text\n1,"one; two; three; four"\n2,"five; six"\n')
+    assert texts(read_csv(commas, ReaderOptions())) == ["one; two; three; four", "five; six"]
+
+
 def test_byte_order_mark_does_not_hide_the_text_column(tmp_path):
     path = tmp_path / "excel.csv"
     path.write_bytes("text,n\nÜber café,1\n".encode("utf-8-sig"))

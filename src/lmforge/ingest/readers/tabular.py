@@ -26,7 +26,7 @@ PREFERRED_TEXT_FIELDS = ("text", "content", "body", "message", "document", "arti
 # How spreadsheets and data frames write "no value" in a cell.
 MISSING_VALUES = {"", "na", "n/a", "nan", "null", "none"}
 SNIFF_BYTES = 64 * 1024
-DELIMITERS = {".csv": ",", ".tsv": "\t", ".tab": "\t"}
+DELIMITERS = {".tsv": "\t", ".tab": "\t"}
 # csv's default limit (128 KiB per field) is too small for whole documents kept in one cell.
 CSV_FIELD_LIMIT = 64 * 1024 * 1024
 MAX_LISTED_PROBLEMS = 20
@@ -38,7 +38,8 @@ def read_csv(path: Path, options: ReaderOptions, problems: list[str] | None = No
     """One Record per row of a CSV or TSV file with a header line."""
     csv.field_size_limit(CSV_FIELD_LIMIT)
     with open_text(path) as file:
-        delimiter = DELIMITERS.get(path.suffix.lower()) or _sniff_delimiter(file)
+        suffix = path.suffix.lower()
+        delimiter = DELIMITERS.get(suffix) or (_csv_delimiter(file) if suffix == ".csv" else _sniff_delimiter(file))
         rows = csv.DictReader(file, delimiter=delimiter)
         header = rows.fieldnames or []
         if options.text_fields and not _has_any_field(header, options.text_fields):
@@ -93,6 +94,16 @@ def open_text(path: Path) -> TextIO:
     # errors="replace": one bad byte deep in a 2 GB file should cost a character, not the file.
     # newline="" lets the csv module handle line breaks inside quoted cells.
     return path.open(encoding=encoding, errors="replace", newline="")
+
+
+def _csv_delimiter(file: TextIO) -> str:
+    """',' for a .csv file, unless its header line is split by ';' only (Excel in locales with a decimal comma).
+
+    Only the header is read: cells of text often hold commas and semicolons, the header rarely does.
+    """
+    header = file.readline()
+    file.seek(0)
+    return ";" if ";" in header and "," not in header else ","
 
 
 def _sniff_delimiter(file: TextIO) -> str:
