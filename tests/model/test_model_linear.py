@@ -6,7 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lmforge.generate.engine import generate_text
+from lmforge.generate.engine import generate_text, generate_tokens
+from lmforge.generate.params import SamplingParams
 from lmforge.model import linear as linear_module
 from lmforge.model.config import ModelConfig
 from lmforge.model.gpt import GPT
@@ -147,3 +148,22 @@ def test_one_off_generations_free_their_packed_copies(monkeypatch):
     assert all(layer._packed.tensor is not None for layer in layers)
     generate_text(model, chars, "abc", max_new_tokens=PACK_AFTER_CALLS + 4, temperature=0)
     assert all(layer._packed is None for layer in layers)
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_generation_with_every_layer_packed_gives_the_same_tokens(family, monkeypatch):
+    arch = {} if family == "gpt2" else dict(n_kv_head=2, norm="rmsnorm", pos="rope", mlp="swiglu", bias=False)
+    torch.manual_seed(0)
+    model = GPT(ModelConfig(vocab_size=60, n_layer=2, n_head=4, n_embd=32, block_size=32, tie_embeddings=False,
+                            **arch)).eval()
+    prompts, params = [[5, 9, 2, 7], [3], [8, 8, 1]], SamplingParams(temperature=0, max_new_tokens=20)
+
+    def tokens(layout):
+        monkeypatch.setattr(linear_module, "_layout_choice", {})
+        force_layout(monkeypatch, layout)
+        linear_module.drop_packed_weights(model)
+        return list(generate_tokens(model, prompts, params))
+
+    packed = tokens(PACKED)
+    assert all(m._packed.tensor is not None for m in model.modules() if isinstance(m, Linear))
+    assert packed == tokens(PLAIN)
