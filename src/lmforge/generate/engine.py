@@ -20,7 +20,7 @@ Shapes: B = batch, S = tokens the model sees (the window), N = all tokens so far
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import closing
 
 import torch
@@ -64,20 +64,26 @@ def left_pad(prompts: list[list[int]], device: torch.device) -> tuple[torch.Tens
 
 
 @torch.no_grad()
-def generate_tokens(model: GPT, prompts: list[list[int]], params: SamplingParams,
+def generate_tokens(model: GPT, prompts: list[list[int]], params: SamplingParams | Sequence[SamplingParams],
                     generators: list[torch.Generator | None] | None = None,
                     compile: bool = False) -> Iterator[list[int]]:
-    """Yield the next token of every prompt, step after step, for params.max_new_tokens steps.
+    """Yield the next token of every prompt, step after step, for max_new_tokens steps.
 
-    The batch moves in lockstep, so rows never stop on their own: the caller ignores the rows it
-    considers finished and leaves the loop when none is left. Every prompt must hold 1..block_size
-    tokens (see fit_prompt). generators[i] draws row i's tokens (None: torch's global generator).
+    `params` holds the sampling settings of every row, or one per row (requests batched together);
+    the batch then runs for the largest max_new_tokens. It moves in lockstep, so rows never stop on
+    their own: the caller ignores the rows it considers finished and leaves the loop when none is
+    left. Every prompt must hold 1..block_size tokens (see fit_prompt). generators[i] draws row i's
+    tokens (None: torch's global generator).
     compile=True runs the one-token decode steps through torch.compile (compiled_decode_step; ask
     compile_problem first whether this machine can compile).
     """
     if not all(prompts):
         raise ValueError("every prompt needs at least one token")
-    if params.max_new_tokens == 0:
+    row_params = [params] * len(prompts) if isinstance(params, SamplingParams) else list(params)
+    if len(row_params) != len(prompts):
+        raise ValueError(f"{len(prompts)} prompts but {len(row_params)} sampling settings")
+    steps = max(p.max_new_tokens for p in row_params)
+    if steps == 0:
         return
     generators = generators or [None] * len(prompts)
     decode = compiled_decode_step() if compile else _forward
@@ -85,7 +91,7 @@ def generate_tokens(model: GPT, prompts: list[list[int]], params: SamplingParams
     tokens, is_real = left_pad(prompts, weights.device)  # (B, N): every token so far
     # The prompt and all new tokens but the last go through the model; room for more is never needed.
     # A compiled step gets the whole window: caches of one size for every generation, one compiled graph.
-    needed = tokens.size(1) + params.max_new_tokens - 1
+    needed = tokens.size(1) + steps - 1
     capacity = model.config.block_size if compile else min(model.config.block_size, needed)
     caches = make_caches(model.config, len(prompts), capacity, weights.dtype, weights.device)
     start = 0  # the window, what the model sees, is tokens[:, start:]
@@ -95,10 +101,10 @@ def generate_tokens(model: GPT, prompts: list[list[int]], params: SamplingParams
         # Padding only ever sits at the start of the prompts: when there is none, nothing needs masking.
         padded = not bool(is_real.all())
         logits = _forward(model, tokens, is_real, caches, tokens.size(1), padded)  # prefill
-        for step in range(params.max_new_tokens):
-            next_ids = _sample_rows(logits, params, generators, tokens, is_real)  # (B,)
+        for step in range(steps):
+            next_ids = _sample_rows(logits, row_params, generators, tokens, is_real)  # (B,)
             yield next_ids.tolist()
-            if step == params.max_new_tokens - 1:
+            if step == steps - 1:
                 return
             tokens = torch.cat([tokens, next_ids[:, None]], dim=1)  # (B, N + 1)
             is_real = torch.cat([is_real, torch.ones_like(is_real[:, :1])], dim=1)
@@ -150,15 +156,14 @@ def compile_problem(model: GPT) -> str | None:
     return compiler_problem(next(model.parameters()).device)
 
 
-def _sample_rows(logits: torch.Tensor, params: SamplingParams, generators: list[torch.Generator | None],
+def _sample_rows(logits: torch.Tensor, row_params: list[SamplingParams], generators: list[torch.Generator | None],
                  tokens: torch.Tensor, is_real: torch.Tensor) -> torch.Tensor:
-    """One token per row (B,), drawn with the row's own generator and penalising the row's own tokens."""
-    penalise = params.repetition_penalty != 1.0
-    if params.temperature == 0 and not penalise:
-        return sample_next(logits, params)  # plain greedy uses no generator or context: one batched argmax
+    """One token per row (B,), with the row's own settings and generator, penalising the row's own tokens."""
+    if all(p.temperature == 0 and p.repetition_penalty == 1.0 for p in row_params):
+        return logits.argmax(dim=-1)  # plain greedy everywhere uses no generator or context: one batched argmax
     return torch.stack([sample_next(logits[row], params, generator,
-                                    context=tokens[row][is_real[row]] if penalise else None)
-                        for row, generator in enumerate(generators)])
+                                    context=tokens[row][is_real[row]] if params.repetition_penalty != 1.0 else None)
+                        for row, (params, generator) in enumerate(zip(row_params, generators))])
 
 
 # ---- text level -------------------------------------------------------------------------------------
@@ -256,7 +261,7 @@ class Engine:
         """
         params.validate()
         stream = TextStream(self.tokenizer, params.stop)
-        for _, piece in self._run([self._prompt_ids(prompt)], [stream], params):
+        for _, piece in self.stream_batch([prompt], [params], [stream]):
             yield piece
         if finished is not None:
             finished.append(stream)
@@ -272,11 +277,41 @@ class Engine:
         for first in range(0, len(prompts), self.max_batch_size):
             batch = [self._prompt_ids(prompt) for prompt in prompts[first:first + self.max_batch_size]]
             streams = [TextStream(self.tokenizer, params.stop) for _ in batch]
-            for _ in self._run(batch, streams, params):
+            for _ in self.stream_batch(batch, [params] * len(batch), streams):
                 pass  # the streams collect the text
             completions += [Completion(text=s.text, token_ids=s.token_ids, prompt_tokens=len(ids),
                                        finish_reason=s.finish_reason) for s, ids in zip(streams, batch)]
         return completions
+
+    def stream_batch(self, prompts: list[Prompt], params: list[SamplingParams],
+                     streams: list[TextStream]) -> Iterator[tuple[int, str]]:
+        """Several requests as one batch, each with its own settings; yield (index, text piece) as text appears.
+
+        streams[i] (a TextStream with params[i].stop) collects request i's text and how it ended. A
+        stream finished from outside while the batch runs (its client went away) is left alone from
+        then on, and the batch ends as soon as every stream has finished. At most max_batch_size prompts.
+        """
+        if len(prompts) > self.max_batch_size:
+            raise ValueError(f"{len(prompts)} prompts in one batch; this engine takes at most {self.max_batch_size}")
+        ids = [self._prompt_ids(prompt) for prompt in prompts]
+        generators = [self._generator(p.seed) for p in params]
+        for stream, p in zip(streams, params):
+            if p.max_new_tokens == 0 and stream.finish_reason is None:
+                stream.finish("length")
+        if all(stream.finish_reason for stream in streams):
+            return
+        with closing(generate_tokens(self.model, ids, params, generators, self.compile)) as steps:
+            for tokens in steps:
+                for row, (stream, token, p) in enumerate(zip(streams, tokens, params)):
+                    if stream.finish_reason is not None:
+                        continue
+                    piece = stream.finish("stop") if token == self.tokenizer.eot_id else stream.push(token)
+                    if stream.finish_reason is None and len(stream.token_ids) >= p.max_new_tokens:
+                        piece += stream.finish("length")  # this request's own token budget is spent
+                    if piece:
+                        yield row, piece
+                if all(stream.finish_reason for stream in streams):
+                    return
 
     def _prompt_ids(self, prompt: Prompt) -> list[int]:
         return fit_prompt(self._encode(prompt), self.model.config.block_size)
@@ -285,25 +320,6 @@ class Engine:
         """Token ids of a prompt; an empty one starts a new document (the end-of-text token)."""
         ids = prompt if isinstance(prompt, list) else self.tokenizer.encode(prompt)
         return list(ids) or [self.tokenizer.eot_id]
-
-    def _run(self, prompts: list[list[int]], streams: list[TextStream],
-             params: SamplingParams) -> Iterator[tuple[int, str]]:
-        """Generate for a batch; yield (row, text piece) as text appears. Every stream ends finished."""
-        generators = [self._generator(params.seed) for _ in prompts]
-        with closing(generate_tokens(self.model, prompts, params, generators, self.compile)) as steps:
-            for tokens in steps:
-                for row, (stream, token) in enumerate(zip(streams, tokens)):
-                    if stream.finish_reason is None:
-                        piece = stream.finish("stop") if token == self.tokenizer.eot_id else stream.push(token)
-                        if piece:
-                            yield row, piece
-                if all(stream.finish_reason for stream in streams):
-                    return
-        for row, stream in enumerate(streams):  # max_new_tokens reached
-            if stream.finish_reason is None:
-                piece = stream.finish("length")
-                if piece:
-                    yield row, piece
 
     def _generator(self, seed: int | None) -> torch.Generator | None:
         """A generator per request: the same seed gives the same text, whatever else is in the batch."""
