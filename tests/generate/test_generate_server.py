@@ -2,6 +2,7 @@
 
 import socket
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 
@@ -25,19 +26,22 @@ GREEDY = dict(model=MODEL, max_tokens=12, temperature=0)
 
 
 class RecordingEngine(Engine):
-    """A real engine that notes which threads ran the model."""
+    """A real engine that notes which threads ran the model, and can hold its next batch at a gate."""
 
     def __init__(self, model, tokenizer):
         super().__init__(model, tokenizer)
         self.threads: set[str] = set()
+        self.gate: threading.Event | None = None  # set: the next batch waits until the test opens it
+        self.waiting = threading.Event()
 
-    def stream(self, prompt, params, finished=None):
+    def stream_batch(self, prompts, params, streams):
         self.threads.add(threading.current_thread().name)
-        yield from super().stream(prompt, params, finished)
-
-    def generate(self, prompts, params):
-        self.threads.add(threading.current_thread().name)
-        return super().generate(prompts, params)
+        self.last_batch = list(zip(params, streams))
+        if self.gate is not None:
+            gate, self.gate = self.gate, None
+            self.waiting.set()
+            gate.wait(timeout=30)
+        yield from super().stream_batch(prompts, params, streams)
 
 
 @pytest.fixture(scope="module")
@@ -49,11 +53,16 @@ def engine():
 
 
 @pytest.fixture(scope="module")
-def base_url(engine):
+def app(engine):
+    return create_app(engine, MODEL, CHATML, max_tokens_limit=64)
+
+
+@pytest.fixture(scope="module")
+def base_url(app):
     """uvicorn serving the app in a background thread, on a port the OS picked; stopped after the tests."""
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(create_app(engine, MODEL, CHATML, max_tokens_limit=64), log_level="warning"))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     while not server.started:
@@ -207,6 +216,52 @@ def test_unknown_path_is_404_with_an_error_body(base_url):
     assert response.status_code == 404 and "error" in response.json()
 
 
+def test_requests_that_wait_are_served_together_as_one_batch(app, client, engine):
+    """While the model is busy, three requests with different settings queue up; they run as the next
+    batch, and each gets exactly what it would have got alone."""
+    requests = [dict(prompt="Hello", max_tokens=5, temperature=0),
+                dict(prompt="abc", max_tokens=12, temperature=1.0, seed=7),
+                dict(prompt="xyz?", max_tokens=9, temperature=0.7, top_p=0.9, seed=3, stop=["d"])]
+    alone = [client.completions.create(model=MODEL, **request).choices[0] for request in requests]
+    worker = app.state.worker
+    before = len(worker.batch_sizes)
+    gate = engine.gate = threading.Event()
+    engine.waiting.clear()
+    with ThreadPoolExecutor(4) as pool:
+        blocker = pool.submit(client.completions.create, model=MODEL, prompt="Hi", max_tokens=3)
+        assert engine.waiting.wait(timeout=30)  # that request's batch now holds the model
+        futures = [pool.submit(client.completions.create, model=MODEL, **request) for request in requests]
+        deadline = time.monotonic() + 30
+        while worker.queued() < len(requests) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        gate.set()
+        together = [future.result().choices[0] for future in futures]
+        blocker.result()
+    assert worker.batch_sizes[before:] == [1, 3]
+    assert [(c.text, c.finish_reason) for c in together] == [(c.text, c.finish_reason) for c in alone]
+
+
+def test_a_client_that_goes_away_stops_its_row_while_the_batch_goes_on(app, client, engine):
+    long_stream = dict(prompt="Hello", max_tokens=60, temperature=1.0, seed=1, stream=True)
+    gate = engine.gate = threading.Event()
+    engine.waiting.clear()
+    with ThreadPoolExecutor(2) as pool:
+        blocker = pool.submit(client.completions.create, model=MODEL, prompt="Hi", max_tokens=3)
+        assert engine.waiting.wait(timeout=30)
+        stream = client.completions.create(model=MODEL, **long_stream)  # queued behind the blocker
+        short = pool.submit(client.completions.create, model=MODEL, prompt="abc", max_tokens=40, temperature=0)
+        deadline = time.monotonic() + 30
+        while app.state.worker.queued() < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        gate.set()
+        next(iter(stream))  # the first piece arrives ...
+        stream.close()  # ... and the client hangs up
+        assert short.result().choices[0].finish_reason == "length"  # the other request is served in full
+        blocker.result()
+    abandoned = next(stream for params, stream in engine.last_batch if params.max_new_tokens == 60)
+    assert abandoned.finish_reason == "cancelled" and len(abandoned.token_ids) < 60
+
+
 def test_concurrent_requests_are_served_in_turn_on_one_thread(client, engine):
     def chat(stream):
         request = dict(messages=[{"role": "user", "content": "Hello"}], **GREEDY, stream=stream)
@@ -229,9 +284,9 @@ def test_chat_prompts_of_an_instruction_tuned_model_carry_end_of_text_after_earl
     seen = []
 
     class PromptRecorder(Engine):
-        def generate(self, prompts, params):
+        def stream_batch(self, prompts, params, streams):
             seen.extend(prompts)
-            return super().generate(prompts, params)
+            yield from super().stream_batch(prompts, params, streams)
 
     torch.manual_seed(0)
     model = GPT(ModelConfig(vocab_size=engine.tokenizer.vocab_size, n_layer=1, n_head=2, n_embd=16, block_size=256))

@@ -202,6 +202,10 @@ class TextStream:
         self.finish_reason = self.finish_reason or reason
         return piece
 
+    def cancel(self) -> None:
+        """Stop this sequence from another thread (its client went away): a batch skips it from now on."""
+        self.finish_reason = self.finish_reason or "cancelled"  # one assignment: safe while a batch runs
+
     def _decode_new(self, final: bool) -> str:
         """Text of the tokens not decoded yet; "" while they end inside a character, unless final."""
         known = self.tokenizer.decode(self.token_ids[self._context:self._decoded])
@@ -262,7 +266,8 @@ class Engine:
         params.validate()
         stream = TextStream(self.tokenizer, params.stop)
         for _, piece in self.stream_batch([prompt], [params], [stream]):
-            yield piece
+            if piece:
+                yield piece
         if finished is not None:
             finished.append(stream)
 
@@ -275,7 +280,7 @@ class Engine:
         params.validate()
         completions = []
         for first in range(0, len(prompts), self.max_batch_size):
-            batch = [self._prompt_ids(prompt) for prompt in prompts[first:first + self.max_batch_size]]
+            batch = [self.prompt_ids(prompt) for prompt in prompts[first:first + self.max_batch_size]]
             streams = [TextStream(self.tokenizer, params.stop) for _ in batch]
             for _ in self.stream_batch(batch, [params] * len(batch), streams):
                 pass  # the streams collect the text
@@ -287,17 +292,19 @@ class Engine:
                      streams: list[TextStream]) -> Iterator[tuple[int, str]]:
         """Several requests as one batch, each with its own settings; yield (index, text piece) as text appears.
 
-        streams[i] (a TextStream with params[i].stop) collects request i's text and how it ended. A
-        stream finished from outside while the batch runs (its client went away) is left alone from
-        then on, and the batch ends as soon as every stream has finished. At most max_batch_size prompts.
+        streams[i] (a TextStream with params[i].stop) collects request i's text and how it ended. The
+        event in which a request finishes may carry an empty piece; after it, its stream's
+        finish_reason is set. A stream finished from outside while the batch runs (its client went
+        away, TextStream.cancel) is left alone from then on, and the batch ends as soon as every
+        stream has finished. At most max_batch_size prompts.
         """
         if len(prompts) > self.max_batch_size:
             raise ValueError(f"{len(prompts)} prompts in one batch; this engine takes at most {self.max_batch_size}")
-        ids = [self._prompt_ids(prompt) for prompt in prompts]
+        ids = [self.prompt_ids(prompt) for prompt in prompts]
         generators = [self._generator(p.seed) for p in params]
-        for stream, p in zip(streams, params):
+        for row, (stream, p) in enumerate(zip(streams, params)):
             if p.max_new_tokens == 0 and stream.finish_reason is None:
-                stream.finish("length")
+                yield row, stream.finish("length")
         if all(stream.finish_reason for stream in streams):
             return
         with closing(generate_tokens(self.model, ids, params, generators, self.compile)) as steps:
@@ -308,12 +315,13 @@ class Engine:
                     piece = stream.finish("stop") if token == self.tokenizer.eot_id else stream.push(token)
                     if stream.finish_reason is None and len(stream.token_ids) >= p.max_new_tokens:
                         piece += stream.finish("length")  # this request's own token budget is spent
-                    if piece:
+                    if piece or stream.finish_reason is not None:
                         yield row, piece
                 if all(stream.finish_reason for stream in streams):
                     return
 
-    def _prompt_ids(self, prompt: Prompt) -> list[int]:
+    def prompt_ids(self, prompt: Prompt) -> list[int]:
+        """The token ids generation starts from: the prompt's, cut to the context (with a warning)."""
         return fit_prompt(self._encode(prompt), self.model.config.block_size)
 
     def _encode(self, prompt: Prompt) -> list[int]:

@@ -9,19 +9,20 @@ chat front-ends) can use an lmforge model.
 With "stream": true the text arrives as server-sent events: one `data: {json}` line per piece,
 then `data: [DONE]`. Invalid requests get a 4xx answer with an OpenAI-style error body.
 
-The model is not thread-safe, so every generation runs on one worker thread, one at a time
-(`GenerationWorker`); the event loop only waits for results, so it keeps answering other requests.
+The model is not thread-safe, so every generation runs on one worker thread (`GenerationWorker`);
+requests that arrive while it is busy are served together as the next batch. The event loop only
+waits for results, so it keeps answering other requests.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import queue
 import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from typing import Annotated, Literal
@@ -33,7 +34,7 @@ from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException
 
 from .chat import ChatTemplate, chat_prompt_ids
-from .engine import Engine, Prompt
+from .engine import Engine, Prompt, TextStream
 from .params import Completion, SamplingParams
 
 DEFAULT_MAX_TOKENS = 256      # when a request does not say
@@ -88,43 +89,128 @@ class ChatRequest(SamplingFields):
 # ---- running the model ----
 
 class GenerationWorker:
-    """Runs engine calls on a single background thread: requests queue up and are served in turn."""
+    """Runs the model on one background thread, serving waiting requests together as one batch.
+
+    The model is not thread-safe, so only this thread touches it. When it is free it takes every
+    request that has arrived meanwhile (up to the engine's max_batch_size) and runs them as one
+    batch, each with its own prompt, sampling settings, seed and token budget. Decoding on a CPU is
+    bound by reading the weights, and a batch reads them once for all its rows (GPT-2 124M fp32 on
+    2 cores: 42 tokens/s alone, 201 in a batch of 8), so concurrent clients share that read instead
+    of queueing behind each other. A batch runs until its last request is done; requests that come
+    in meanwhile form the next one.
+    """
 
     def __init__(self, engine: Engine):
         self.engine = engine
-        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lmforge-generate")
+        self.batch_sizes: list[int] = []  # requests served by each batch so far, oldest first
+        self._pending: queue.SimpleQueue[_Request | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._serve, name="lmforge-generate", daemon=True)
+        self._thread.start()
 
-    async def generate(self, prompts: list[Prompt], params: SamplingParams) -> list[Completion]:
-        return await asyncio.get_running_loop().run_in_executor(self.executor, self.engine.generate, prompts, params)
+    def queued(self) -> int:
+        """Requests waiting for the next batch."""
+        return self._pending.qsize()
+
+    def close(self) -> None:
+        """Stop the thread once the batch it is running (if any) is done."""
+        self._pending.put(None)
 
     async def stream(self, prompt: Prompt, params: SamplingParams, finished: list | None = None) -> AsyncIterator[str]:
         """Pieces of text as the worker produces them, handed over through an asyncio queue.
 
-        `finished` receives the engine's TextStream at the end (see Engine.stream)."""
-        loop = asyncio.get_running_loop()
-        queue: asyncio.Queue = asyncio.Queue()
-        cancelled = threading.Event()
-        done = object()
+        `finished` receives the engine's TextStream at the end (finish_reason, token_ids)."""
+        request = self._submit(prompt, params)
+        async for piece in request.pieces():
+            yield piece
+        if finished is not None:
+            finished.append(request.stream)
 
-        def produce() -> None:
-            try:
-                for piece in self.engine.stream(prompt, params, finished):
-                    if cancelled.is_set():  # the client went away: free the worker for the next request
-                        break
-                    loop.call_soon_threadsafe(queue.put_nowait, piece)
-            except Exception as exc:  # hand it to the request that asked, instead of losing it in the thread
-                loop.call_soon_threadsafe(queue.put_nowait, exc)
-            finally:
-                loop.call_soon_threadsafe(queue.put_nowait, done)
+    async def complete(self, prompt: Prompt, params: SamplingParams) -> Completion:
+        """The whole completion of one prompt."""
+        request = self._submit(prompt, params)
+        async for _ in request.pieces():
+            pass
+        stream = request.stream
+        return Completion(text=stream.text, token_ids=stream.token_ids, prompt_tokens=request.prompt_tokens,
+                          finish_reason=stream.finish_reason)
 
-        self.executor.submit(produce)
+    def _submit(self, prompt: Prompt, params: SamplingParams) -> _Request:
+        request = _Request(prompt, params, asyncio.get_running_loop(), asyncio.Queue())
+        self._pending.put(request)
+        return request
+
+    def _serve(self) -> None:
+        while (first := self._pending.get()) is not None:
+            batch = [first]
+            while len(batch) < self.engine.max_batch_size:
+                try:
+                    request = self._pending.get_nowait()
+                except queue.Empty:
+                    break
+                if request is None:  # closing: finish this batch first
+                    self._pending.put(None)
+                    break
+                batch.append(request)
+            batch = [request for request in batch if not request.cancelled]
+            if batch:
+                self._run(batch)
+
+    def _run(self, batch: list[_Request]) -> None:
+        engine = self.engine
+        streams = []
+        for request in batch:
+            request.stream = TextStream(engine.tokenizer, request.params.stop)
+            request.prompt_tokens = len(engine.prompt_ids(request.prompt))
+            streams.append(request.stream)
+        self.batch_sizes.append(len(batch))
         try:
-            while (item := await queue.get()) is not done:
+            for row, piece in engine.stream_batch([r.prompt for r in batch], [r.params for r in batch], streams):
+                request = batch[row]
+                if piece:
+                    request.send(piece)
+                if request.stream.finish_reason is not None:  # answered now, not when the whole batch is
+                    request.send(_DONE)
+        except Exception as exc:  # hand it to the requests that asked, instead of losing it in the thread
+            for request in batch:
+                request.send(exc)
+
+
+_DONE = object()
+
+
+@dataclass
+class _Request:
+    """One prompt to complete, and the way back to the coroutine waiting for it."""
+
+    prompt: Prompt
+    params: SamplingParams
+    loop: asyncio.AbstractEventLoop
+    queue: asyncio.Queue  # text pieces, then _DONE (or an exception)
+    stream: TextStream | None = None  # set when its batch starts; finish_reason and token_ids at the end
+    prompt_tokens: int = 0  # tokens of the prompt used (after cutting it to the context)
+    cancelled: bool = False
+
+    async def pieces(self) -> AsyncIterator[str]:
+        """The text as it comes; returns when the request is done, raises what went wrong in the worker."""
+        try:
+            while (item := await self.queue.get()) is not _DONE:
                 if isinstance(item, Exception):
                     raise item
                 yield item
         finally:
-            cancelled.set()
+            self.cancel()  # done, or the client went away: the batch stops generating for it
+
+    def send(self, item) -> None:
+        if not self.cancelled:
+            try:
+                self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
+            except RuntimeError:  # the event loop is closed: the server is shutting down
+                self.cancelled = True
+
+    def cancel(self) -> None:
+        self.cancelled = True
+        if self.stream is not None:
+            self.stream.cancel()
 
 
 def prompt_warnings(engine: Engine, prompts: list[Prompt]) -> list[str]:
@@ -231,13 +317,14 @@ def response_header(api: Api, model_name: str, chunk: bool) -> dict:
 
 
 async def complete(worker: GenerationWorker, job: Job, api: Api, model_name: str) -> dict:
-    """The whole answer at once, with token usage."""
+    """The whole answer at once, with token usage. All its samples go to the worker together (one batch)."""
+    samples = list(job.samples())
+    completions = await asyncio.gather(*(worker.complete(prompt, params) for _, prompt, params in samples))
     choices, prompt_tokens, completion_tokens = [], 0, 0
-    for j in range(job.n):
-        for i, completion in enumerate(await worker.generate(job.prompts, job.sample_params(j))):
-            choices.append(api.choice(i * job.n + j, completion.text, completion.finish_reason))
-            completion_tokens += len(completion.token_ids)
-            prompt_tokens += completion.prompt_tokens if j == 0 else 0  # each prompt counts once, as in OpenAI
+    for (index, _, _), completion in zip(samples, completions):
+        choices.append(api.choice(index, completion.text, completion.finish_reason))
+        completion_tokens += len(completion.token_ids)
+        prompt_tokens += completion.prompt_tokens if index % job.n == 0 else 0  # each prompt once, as in OpenAI
     usage = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
              "total_tokens": prompt_tokens + completion_tokens}
     return {**response_header(api, model_name, chunk=False), "choices": sorted(choices, key=lambda c: c["index"]),
@@ -311,9 +398,10 @@ def create_app(engine: Engine, model_name: str, template: ChatTemplate,
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
-        worker.executor.shutdown(wait=False, cancel_futures=True)
+        worker.close()
 
     app = FastAPI(title="lmforge", lifespan=lifespan)
+    app.state.worker = worker
     add_error_handlers(app)
 
     def check_model(name: str) -> None:
