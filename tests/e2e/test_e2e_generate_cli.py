@@ -73,7 +73,8 @@ def test_serve_answers_until_interrupted(checkpoint):
     with socket.socket() as sock:  # ask the OS for a free port
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    server = subprocess.Popen([*LMFORGE, "serve", checkpoint, "--port", str(port), "--model-name", "tiny"],
+    server = subprocess.Popen([*LMFORGE, "serve", checkpoint, "--port", str(port), "--model-name", "tiny",
+                               "--batch-window-ms", "5"],
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                               env={**os.environ, "PYTHONUNBUFFERED": "1"})
     try:

@@ -2,7 +2,7 @@
 
     lmforge generate CKPT --prompt TEXT [--json] [sampling flags]
     lmforge chat CKPT [--system TEXT --template chatml|plain] [sampling flags]
-    lmforge serve CKPT [--host 127.0.0.1 --port 8000 --model-name NAME]
+    lmforge serve CKPT [--host 127.0.0.1 --port 8000 --model-name NAME --batch-window-ms 50 --compile]
 
 Heavy imports (torch, FastAPI) happen inside the verbs, so `lmforge --help` stays fast.
 """
@@ -131,7 +131,10 @@ def cmd_serve(args: argparse.Namespace, overrides: list[str]) -> int:
         raise ValueError(f"serving needs FastAPI and uvicorn ({exc.name} is missing): "
                          "pip install 'lmforge[serve]'") from exc
     name = args.model_name or "/".join(Path(args.checkpoint).resolve().parts[-2:])  # e.g. my_run/best
-    app = create_app(_load_engine(args.checkpoint, args.compile), name, _chat_template(args))
+    window = {} if args.batch_window_ms is None else {"batch_window_s": args.batch_window_ms / 1000}
+    if window and args.batch_window_ms < 0:
+        raise ValueError(f"--batch-window-ms must be >= 0, got {args.batch_window_ms}")
+    app = create_app(_load_engine(args.checkpoint, args.compile), name, _chat_template(args), **window)
     if not is_loopback(args.host):
         print(f"WARNING: binding {args.host} lets other machines use this server; it has no authentication.",
               file=sys.stderr)
@@ -190,6 +193,8 @@ def register(sub) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: this machine only)")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--model-name", help="the name clients ask for (default: RUN_DIR/CHECKPOINT)")
+    p.add_argument("--batch-window-ms", type=float,
+                   help="how long a new batch waits for more requests to join it (default 50; 0 = start at once)")
     _add_template_flag(p)
     _add_compile_flag(p)
     p.set_defaults(func=cmd_serve)

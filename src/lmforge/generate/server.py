@@ -40,6 +40,11 @@ from .params import Completion, SamplingParams
 DEFAULT_MAX_TOKENS = 256      # when a request does not say
 MAX_TOKENS_LIMIT = 1024       # the most a request may ask for (create_app can change it)
 MAX_CHOICES = 16              # prompts x n in one request
+# How long the worker, once a request arrives, waits for others to join its batch: clients that start
+# together do not arrive together (8 client threads of bench/serve_batching.py: spread over 30 ms), and
+# without a wait the first would run alone while the rest wait for its whole generation. It adds this much
+# to the first token of a lone request: about two decode steps of GPT-2 124M on a 2-core CPU.
+BATCH_WINDOW_S = 0.05
 
 
 class ApiError(Exception):
@@ -96,12 +101,13 @@ class GenerationWorker:
     batch, each with its own prompt, sampling settings, seed and token budget. Decoding on a CPU is
     bound by reading the weights, and a batch reads them once for all its rows (GPT-2 124M fp32 on
     2 cores: 42 tokens/s alone, 201 in a batch of 8), so concurrent clients share that read instead
-    of queueing behind each other. A batch runs until its last request is done; requests that come
-    in meanwhile form the next one.
+    of queueing behind each other. A batch starts BATCH_WINDOW_S after its first request arrived and
+    runs until its last request is done; requests that come in meanwhile form the next one.
     """
 
-    def __init__(self, engine: Engine):
+    def __init__(self, engine: Engine, batch_window_s: float = BATCH_WINDOW_S):
         self.engine = engine
+        self.batch_window_s = batch_window_s
         self.batch_sizes: list[int] = []  # requests served by each batch so far, oldest first
         self._pending: queue.SimpleQueue[_Request | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._serve, name="lmforge-generate", daemon=True)
@@ -142,9 +148,10 @@ class GenerationWorker:
     def _serve(self) -> None:
         while (first := self._pending.get()) is not None:
             batch = [first]
+            deadline = time.monotonic() + self.batch_window_s
             while len(batch) < self.engine.max_batch_size:
                 try:
-                    request = self._pending.get_nowait()
+                    request = self._pending.get(timeout=max(0.0, deadline - time.monotonic()))
                 except queue.Empty:
                     break
                 if request is None:  # closing: finish this batch first
@@ -390,9 +397,9 @@ def add_error_handlers(app: FastAPI) -> None:
 # ---- the app ----
 
 def create_app(engine: Engine, model_name: str, template: ChatTemplate,
-               max_tokens_limit: int = MAX_TOKENS_LIMIT) -> FastAPI:
+               max_tokens_limit: int = MAX_TOKENS_LIMIT, batch_window_s: float = BATCH_WINDOW_S) -> FastAPI:
     """An OpenAI-compatible app serving `engine` under the name `model_name`."""
-    worker = GenerationWorker(engine)
+    worker = GenerationWorker(engine, batch_window_s)
     started = int(time.time())
 
     @asynccontextmanager
