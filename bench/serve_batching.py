@@ -13,35 +13,21 @@ from __future__ import annotations
 
 import argparse
 import json
-import socket
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
 import torch
-import uvicorn
 
 from lmforge.generate.chat import CHATML
 from lmforge.generate.engine import Engine
-from lmforge.generate.server import create_app
+from lmforge.generate.server import create_app, running_in_background
 from lmforge.model.config import preset_config
 from lmforge.model.gpt import GPT
 from lmforge.tokenizer import GPT2Tokenizer
 
 MODEL = "gpt2-124m-random"
-
-
-def serve(app) -> tuple[str, uvicorn.Server, threading.Thread]:
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    while not server.started:
-        thread.join(0.05)
-    return f"http://127.0.0.1:{sock.getsockname()[1]}", server, thread
 
 
 def prompts(tokenizer, clients: int) -> list[str]:
@@ -76,9 +62,8 @@ def main() -> None:
     tokenizer = GPT2Tokenizer()
     model = GPT(preset_config("gpt2-124m", vocab_size=tokenizer.vocab_size)).eval()
     app = create_app(Engine(model, tokenizer), MODEL, CHATML)
-    base_url, server, thread = serve(app)
     texts = prompts(tokenizer, args.clients)
-    try:
+    with running_in_background(app) as base_url:
         complete(base_url, texts[0], 8)  # warm-up: first calls pick kernels
         with ThreadPoolExecutor(args.clients) as pool:  # warm-up of the batched path (its layouts and packing)
             list(pool.map(lambda p: complete(base_url, p, 8), texts))
@@ -90,9 +75,6 @@ def main() -> None:
             together_s, together = timed(lambda: list(pool.map(lambda p: complete(base_url, p, args.max_tokens),
                                                                texts)))
         batches = worker.batch_sizes[middle:]
-    finally:
-        server.should_exit = True
-        thread.join(10)
     tokens = sum(a["usage"]["completion_tokens"] for a in together)
     same = sum(a["choices"][0]["text"] == b["choices"][0]["text"] for a, b in zip(one_by_one, together))
     report = {"clients": args.clients, "max_tokens": args.max_tokens, "threads": args.threads,

@@ -1,6 +1,5 @@
 """The OpenAI-compatible server, driven by the real `openai` client against uvicorn on a free local port."""
 
-import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -10,13 +9,12 @@ import httpx
 import openai
 import pytest
 import torch
-import uvicorn
 from fastapi.testclient import TestClient
 
 from lmforge.generate.chat import CHATML, chat_prompt_ids
 from lmforge.generate.engine import Engine
 from lmforge.generate.params import SamplingParams
-from lmforge.generate.server import create_app
+from lmforge.generate.server import create_app, running_in_background
 from lmforge.model.config import ModelConfig
 from lmforge.model.gpt import GPT
 from lmforge.tokenizer import CharTokenizer
@@ -60,18 +58,8 @@ def app(engine):
 @pytest.fixture(scope="module")
 def base_url(app):
     """uvicorn serving the app in a background thread, on a port the OS picked; stopped after the tests."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    while not server.started:
-        thread.join(0.05)
-        assert thread.is_alive(), "the server did not start"
-    yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    server.should_exit = True
-    thread.join(timeout=10)
-    sock.close()
+    with running_in_background(app) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

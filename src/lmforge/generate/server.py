@@ -19,11 +19,12 @@ from __future__ import annotations
 import asyncio
 import json
 import queue
+import socket
 import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, replace
 from typing import Annotated, Literal
 
@@ -441,3 +442,25 @@ def create_app(engine: Engine, model_name: str, template: ChatTemplate,
         return await answer(worker, job, ChatApi, model_name, req.stream)
 
     return app
+
+
+@contextmanager
+def running_in_background(app: FastAPI) -> Iterator[str]:
+    """Serve `app` with uvicorn from a daemon thread on a free local port (tests, benchmarks); yields its URL."""
+    import uvicorn  # the `serve` extra, like FastAPI
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))  # port 0: the OS picks a free one
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        while not server.started:
+            thread.join(0.05)
+            if not thread.is_alive():
+                raise RuntimeError("the server did not start")
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        sock.close()
