@@ -77,6 +77,35 @@ def test_only_strings_that_look_like_words_are_kept(value, expected):
     assert looks_like_words(value) is expected
 
 
+def test_text_fields_pick_columns_of_a_dump(tmp_path):
+    path = tmp_path / "blog.sql"
+    path.write_text(r"""
+        CREATE TABLE IF NOT EXISTS `posts` (
+          `id` int NOT NULL, `title` varchar(200), `body` text, `price` decimal(10,2),
+          PRIMARY KEY (`id`), KEY `by_title` (`title`)
+        );
+        INSERT INTO `posts` VALUES (1, 'Hello', 'First post, with a comma', 3.50),
+                                   (2, 'Skip me', NULL, NOW()), (3, 'Third', 'Its body', 1.00);
+        INSERT INTO notes (id, body, extra) VALUES (7, 'A note body', 'not this one');
+    """)
+    records = list(read_sql_dump(path, ReaderOptions(text_fields=["BODY"])))
+    assert texts(records) == ["First post, with a comma", "Its body", "A note body"]
+    assert [record.meta for record in records] == [{"table": "posts", "row": 1}, {"table": "posts", "row": 3},
+                                                    {"table": "notes", "row": 1}]
+    titles = read_sql_dump(path, ReaderOptions(text_fields=["title", "body"]))
+    assert texts(titles)[0] == "Hello\nFirst post, with a comma"
+    with pytest.raises(SkipFile, match="no table has the text field.*posts.title, posts.body, posts.price"):
+        list(read_sql_dump(path, ReaderOptions(text_fields=["content"])))
+
+
+def test_text_fields_in_the_real_chinook_dump():
+    if not CHINOOK_DUMP.exists():
+        pytest.skip(f"sample file not available: {CHINOOK_DUMP}")
+    records = list(read_sql_dump(CHINOOK_DUMP, ReaderOptions(text_fields=["Composer"])))
+    assert {record.meta["table"] for record in records} == {"Track"}
+    assert "Angus Young, Malcolm Young, Brian Johnson" in texts(records)
+
+
 def test_dump_ending_inside_a_string_fails_clearly(tmp_path):
     path = tmp_path / "cut.sql"
     path.write_text("INSERT INTO t VALUES ('complete row');\nINSERT INTO t VALUES ('cut off here\n")

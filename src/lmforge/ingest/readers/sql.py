@@ -45,20 +45,43 @@ _NOT_WORDS = re.compile(r"""
 
 
 def read_sql_dump(path: Path, options: ReaderOptions) -> Iterator[Record]:
-    """One Record per INSERTed row that has text, meta {"table", "row"} (row counts per table)."""
+    """One Record per INSERTed row that has text, meta {"table", "row"} (row counts per table).
+
+    With options.text_fields, a row's text is those columns' string values; the column names come
+    from the INSERT's own list, or else from the table's CREATE TABLE earlier in the dump.
+    """
     rows_seen: Counter[str] = Counter()
+    columns_of: dict[str, list[str]] = {}  # table -> column names, from CREATE TABLE
+    wanted = {name.lower() for name in options.text_fields or []}
+    kept = 0
     with open_text(path) as file:
         for statement in _statements(_tokens(file)):
+            if (created := _created_table(statement)) is not None:
+                columns_of[created[0]] = created[1]
+                continue
             inserted = _inserted_rows(statement)
             if inserted is None:
                 continue
-            table, rows = inserted
+            table, listed, rows = inserted
+            names = listed or columns_of.get(table, [])
             for values in rows:
                 rows_seen[table] += 1
-                text = "\n".join(value for value in values if looks_like_words(value))
+                text = _named_text(names, values, wanted) if wanted else "\n".join(
+                    value for value in values if isinstance(value, str) and looks_like_words(value))
                 if text:
+                    kept += 1
                     yield Record(text=text, source=str(path), format="sql",
                                  meta={"table": table, "row": rows_seen[table]})
+    if wanted and not kept:
+        known = ", ".join(f"{table}.{name}" for table, names in columns_of.items() for name in names)
+        raise SkipFile(f"no table has the text field(s) {', '.join(options.text_fields)}"
+                       + (f"; columns: {known}" if known else "; the dump names no columns (no CREATE TABLE)"))
+
+
+def _named_text(names: list[str], values: list[str | None], wanted: set[str]) -> str:
+    """The string values of the wanted columns, one per line."""
+    return "\n".join(value for name, value in zip(names, values)
+                     if name.lower() in wanted and isinstance(value, str) and value.strip())
 
 
 def looks_like_words(value: str) -> bool:
@@ -97,33 +120,66 @@ def _statements(tokens: Iterable[tuple[str, str]]) -> Iterator[list[tuple[str, s
         yield statement
 
 
-def _inserted_rows(statement: list[tuple[str, str]]) -> tuple[str, Iterator[list[str]]] | None:
-    """For INSERT [OR ...] INTO table [(columns)] VALUES (...), ...: the table and each row's strings."""
+def _inserted_rows(statement: list[tuple[str, str]]) -> tuple[str, list[str], Iterator[list]] | None:
+    """For INSERT [OR ...] INTO table [(columns)] VALUES (...), ...: the table, its listed columns ([] if
+    none) and each row's values (strings unescaped; None for anything else: numbers, NULL, blobs, calls)."""
     words = [text.upper() if kind == "word" else "" for kind, text in statement]
     if words[0] not in ("INSERT", "REPLACE") or "INTO" not in words or "VALUES" not in words:
         return None  # also INSERT ... SELECT, which has no literal rows
     into, values = words.index("INTO"), words.index("VALUES")
-    name_tokens = takewhile(lambda token: token[1] != "(", statement[into + 1:values])  # stop at (columns)
+    target = statement[into + 1:values]
+    name_tokens = list(takewhile(lambda token: token[1] != "(", target))  # stop at (columns)
     table = "".join(_unquote_name(kind, text) for kind, text in name_tokens)
-    return table, _row_strings(statement[values + 1:])
+    listed = [_unquote_name(kind, text) for kind, text in target[len(name_tokens):] if kind in ("word", "name")]
+    return table, listed, _row_values(statement[values + 1:])
 
 
-def _row_strings(tokens: list[tuple[str, str]]) -> Iterator[list[str]]:
+def _row_values(tokens: list[tuple[str, str]]) -> Iterator[list]:
     depth = 0
-    row: list[str] = []
+    row: list = []
+    value = None  # the current value: a string literal, or None
     previous = ""
     for kind, text in tokens:
         if text == "(":
             depth += 1
             if depth == 1:
-                row = []
+                row, value = [], None
         elif text == ")":
             depth -= 1
             if depth == 0:
-                yield row
-        elif kind == "string" and depth > 0 and previous.upper() != "X":  # X'00ff' is a blob
-            row.append(_unescape(text))
+                yield [*row, value]
+        elif text == "," and depth == 1:
+            row.append(value)
+            value = None
+        elif kind == "string" and depth == 1 and previous.upper() != "X":  # X'00ff' is a blob
+            value = _unescape(text)
         previous = text
+
+
+_CONSTRAINTS = {"PRIMARY", "KEY", "UNIQUE", "CONSTRAINT", "INDEX", "FOREIGN", "CHECK", "FULLTEXT", "SPATIAL"}
+
+
+def _created_table(statement: list[tuple[str, str]]) -> tuple[str, list[str]] | None:
+    """For CREATE TABLE [IF NOT EXISTS] name (column type ..., ..., constraints): the name and the columns."""
+    words = [text.upper() if kind == "word" else "" for kind, text in statement[:6]]
+    if words[:2] != ["CREATE", "TABLE"] or not any(text == "(" for _, text in statement):
+        return None
+    opening = next(i for i, (_, text) in enumerate(statement) if text == "(")
+    name_tokens = [token for token in statement[2:opening] if token[1].upper() not in ("IF", "NOT", "EXISTS")]
+    table = "".join(_unquote_name(kind, text) for kind, text in name_tokens)
+    columns, depth, starting = [], 0, True
+    for kind, text in statement[opening:]:
+        if text == "(":
+            depth += 1
+        elif text == ")":
+            depth -= 1
+        elif text == "," and depth == 1:
+            starting = True
+        elif starting and depth == 1:  # the first word of a definition: a column name, or a constraint
+            if kind == "name" or text.upper() not in _CONSTRAINTS:
+                columns.append(_unquote_name(kind, text))
+            starting = False
+    return table, columns
 
 
 def _unescape(literal: str) -> str:
