@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from lmforge.ingest.readers import tabular
 from lmforge.ingest.readers.tabular import read_csv, read_json, read_jsonl, read_parquet
 from lmforge.ingest.record import ReaderOptions, SkipFile
 
@@ -120,6 +121,23 @@ def test_json_array_of_objects(tmp_path):
     assert texts(records) == ["How do I reset my password?", "Where is my invoice?"]
     assert records[1].meta == {"row": 2, "fields": ["content"]} and records[1].format == "json"
     assert problems == ["item 3: not a JSON object"]
+
+
+def test_a_json_array_is_streamed_item_by_item(tmp_path, monkeypatch):
+    rows = [{"text": f"row {i}: brackets ] [ and commas , inside", "tags": [[1, 2], {"a": "]"}]} for i in range(50)]
+    path = tmp_path / "big.json"
+    path.write_text(json.dumps(rows, indent=1))
+    monkeypatch.setattr(tabular, "JSON_CHUNK_CHARS", 7)  # items cut at every possible place
+    assert texts(read_json(path, ReaderOptions())) == [row["text"] for row in rows]
+    numbers = tmp_path / "numbers.json"  # a number cut by a chunk boundary must not be read as two
+    numbers.write_text('[{"text": "first item"}, 1234567890123, {"text": "last item"}]')
+    problems: list[str] = []
+    assert texts(read_json(numbers, ReaderOptions(), problems)) == ["first item", "last item"]
+    assert problems == ["item 2: not a JSON object"]  # one item, not two pieces of a number
+    cut = tmp_path / "cut.json"
+    cut.write_text('[{"text": "complete item"}, {"text": "cut of')
+    with pytest.raises(json.JSONDecodeError):
+        list(read_json(cut, ReaderOptions()))
 
 
 def test_json_object_holding_one_list_of_objects(tmp_path):

@@ -26,6 +26,7 @@ PREFERRED_TEXT_FIELDS = ("text", "content", "body", "message", "document", "arti
 # How spreadsheets and data frames write "no value" in a cell.
 MISSING_VALUES = {"", "na", "n/a", "nan", "null", "none"}
 SNIFF_BYTES = 64 * 1024
+JSON_CHUNK_CHARS = 1 << 20  # a JSON array is read this much at a time
 DELIMITERS = {".tsv": "\t", ".tab": "\t"}
 # csv's default limit (128 KiB per field) is too small for whole documents kept in one cell.
 CSV_FIELD_LIMIT = 64 * 1024 * 1024
@@ -50,14 +51,16 @@ def read_csv(path: Path, options: ReaderOptions, problems: list[str] | None = No
 def read_json(path: Path, options: ReaderOptions, problems: list[str] | None = None) -> Iterator[Record]:
     """One Record per object of a JSON array, of the one list of objects an object holds, or the object.
 
-    The standard json module parses a whole document at once, so this file is loaded whole; big
-    datasets should be JSONL, which is streamed.
+    A top-level array (the usual shape of a dataset) is streamed item by item, so its size is not
+    limited by memory; any other document is parsed whole.
     """
     report = _Problems(path, problems)
     with open_text(path) as file:
-        data = json.load(file)
-    items = enumerate(_json_objects(data), start=1)
-    yield from _records(path, "json", _only_objects(items, "item", report), options, report)
+        if _starts_with(file, "["):
+            items = enumerate(_array_items(file), start=1)
+        else:
+            items = enumerate(_json_objects(json.load(file)), start=1)
+        yield from _records(path, "json", _only_objects(items, "item", report), options, report)
 
 
 def read_jsonl(path: Path, options: ReaderOptions, problems: list[str] | None = None) -> Iterator[Record]:
@@ -113,6 +116,49 @@ def _sniff_delimiter(file: TextIO) -> str:
         return csv.Sniffer().sniff(sample, delimiters=",\t;|").delimiter
     except csv.Error:  # the Sniffer gives up on single-column files
         return ","
+
+
+def _starts_with(file: TextIO, char: str) -> bool:
+    """Whether the file's first character after whitespace (and a byte order mark) is `char`; rewinds."""
+    start = file.read(SNIFF_BYTES).lstrip("\ufeff \t\r\n")
+    file.seek(0)
+    return start[:1] == char
+
+
+def _array_items(file: TextIO) -> Iterator[object]:
+    """The items of the JSON array that `file` holds, decoded one at a time from a growing buffer."""
+    decoder = json.JSONDecoder()
+    buffer, position, at_end = file.read(JSON_CHUNK_CHARS), 0, False
+    position = buffer.index("[") + 1
+    while True:
+        position = _skip(buffer, position, " \t\r\n")
+        if position < len(buffer) and buffer[position] == "]":
+            return
+        if position < len(buffer) and buffer[position] == ",":
+            position += 1
+            continue
+        try:
+            item, end = decoder.raw_decode(buffer, position)
+            # A number cut by the end of the buffer still decodes: accept an item only when something follows.
+            if end < len(buffer) or at_end:
+                yield item
+                position = end
+                continue
+        except json.JSONDecodeError:
+            if at_end:
+                raise
+        more = file.read(max(JSON_CHUNK_CHARS, len(buffer)))  # doubling: a big item is re-parsed O(log n) times
+        at_end = not more
+        if at_end and position >= len(buffer):
+            raise json.JSONDecodeError("the array is not closed", buffer, position)
+        buffer = buffer[position:] + more
+        position = 0
+
+
+def _skip(text: str, position: int, chars: str) -> int:
+    while position < len(text) and text[position] in chars:
+        position += 1
+    return position
 
 
 def _json_objects(data) -> list:
