@@ -5,6 +5,7 @@
 Runs, one after the other (each in its own process, so none disturbs another's memory figures):
 
     generate_speed.py      greedy generation vs HF                    -> generate_speed.json
+    serve_batching.py      8 HTTP clients at once vs one after another -> serve_batching.json
     finetune_memory.py     full vs LoRA vs QLoRA memory               -> finetune_memory.json
     ingest_throughput.py   ingest MB/s, pages/s (prints only)          -> ingest_throughput.txt
     train_speed.py         training throughput vs HF and litgpt, MFU  -> train_speed.json
@@ -42,6 +43,7 @@ ROOT = BENCH.parent
 # name -> (script, writes JSON via --out, has --quick)
 BENCHMARKS = {
     "generate_speed": ("generate_speed.py", True, False),
+    "serve_batching": ("serve_batching.py", True, False),
     "finetune_memory": ("finetune_memory.py", True, False),
     "ingest_throughput": ("ingest_throughput.py", False, False),
     "train_speed": ("train_speed.py", True, True),
