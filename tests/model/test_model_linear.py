@@ -51,7 +51,7 @@ def test_mkl_packing_is_available_on_this_build():
     assert not can_pack(torch.empty(2, 2, dtype=torch.bfloat16))
 
 
-def test_a_weight_is_packed_only_after_a_run_of_same_sized_calls(monkeypatch):
+def test_a_weight_is_packed_only_after_a_run_of_calls_and_serves_smaller_batches(monkeypatch):
     layer = Linear(32, 40)
     force_layout(monkeypatch, PACKED, WEIGHT_MAJOR)
     for _ in range(PACK_AFTER_CALLS - 1):
@@ -62,8 +62,16 @@ def test_a_weight_is_packed_only_after_a_run_of_same_sized_calls(monkeypatch):
     assert first_copy is not None
     decode_step(layer, rows=4)
     assert layer._packed.tensor is first_copy  # reused, not packed again
-    decode_step(layer, rows=5)  # another batch size: the copy was packed for 4 rows
+    y, expected = decode_step(layer, rows=3)  # fewer rows in the same power-of-two bucket: padded, same copy
+    assert layer._packed.tensor is first_copy
+    torch.testing.assert_close(y, expected, rtol=1e-5, atol=1e-5)
+    decode_step(layer, rows=5)  # more rows (another bucket): a new copy, after its own run of calls
     assert layer._packed.tensor is None and layer._packed.rows == 5
+    for _ in range(PACK_AFTER_CALLS):
+        decode_step(layer, rows=7)  # more than 5: packed anew, for 7
+    assert layer._packed.rows == 7 and layer._packed.tensor is not None
+    torch.testing.assert_close(*decode_step(layer, rows=6), rtol=1e-5, atol=1e-5)
+    assert layer._packed.rows == 7  # 6 rows are served by the copy for 7
 
 
 def test_a_changed_weight_is_never_served_from_a_stale_copy(monkeypatch):

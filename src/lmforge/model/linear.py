@@ -10,9 +10,10 @@ prefill) every BLAS library handles that well. Decoding feeds one token per sequ
 * packed (fp32 with MKL): a BLAS call re-arranges ("packs") W into its kernel's tile layout on
   every call, which at a few rows costs as much as the multiplication itself. MKL can pack W once
   (cblas_sgemm_pack) and reuse it for every step: GPT-2 124M's matmuls at 8 rows took 28 instead
-  of 42 ms per step. The packed copy is made for one exact row count, costs about 1.6x the weight's
-  memory, and is only worth making for a long run of steps, so a layer packs after PACK_AFTER_CALLS
-  calls with the same row count and unchanged weights, and only while memory is plentiful.
+  of 42 ms per step. A packed copy is made for one row count (and serves a few rows fewer, padded
+  with zeros), costs about 1.6x the weight's memory, and is only worth making for a long run of
+  steps, so a layer packs after PACK_AFTER_CALLS such calls with unchanged weights, and only while
+  memory is plentiful.
 
 Which way wins depends on the BLAS, the CPU, the dtype, the shape and the row count, so nothing is
 hard-coded: the first time a (shape, dtype, rows, threads) combination is seen, the candidates are
@@ -60,8 +61,9 @@ class Linear(nn.Linear):
         layout, unpacked_layout = _layout(self.weight, self.bias, rows)
         if layout == PACKED:
             packed = self._packed_weight(rows)
-            if packed is not None:
-                y = _packed_product(x.reshape(rows, -1).contiguous(), packed, self.weight, self.bias)
+            if packed.tensor is not None:
+                x_rows = _pad_rows(x.reshape(rows, -1), packed.rows)
+                y = _packed_product(x_rows, packed.tensor, self.weight, self.bias)[:rows]
                 return y.reshape(*x.shape[:-1], self.out_features)
             layout = unpacked_layout  # not packed (yet): the best of the others
         if layout == PLAIN:
@@ -69,15 +71,15 @@ class Linear(nn.Linear):
         y = _weight_major_product(x.reshape(rows, -1), self.weight, self.bias)
         return y.reshape(*x.shape[:-1], self.out_features)
 
-    def _packed_weight(self, rows: int) -> torch.Tensor | None:
-        """MKL's packed copy of the weight for `rows` rows, once this layer has earned one; else None."""
+    def _packed_weight(self, rows: int) -> _PackedWeight:
+        """The packed copy that serves `rows` rows; its tensor is None until this layer has earned one."""
         packed = getattr(self, "_packed", None)  # modules made before this attribute existed lack it
-        if packed is None or not packed.matches(self.weight, rows):
+        if packed is None or not packed.serves(self.weight, rows):
             packed = self._packed = _PackedWeight(self.weight, rows)  # drops a stale copy
         packed.calls += 1
         if packed.tensor is None and packed.calls >= PACK_AFTER_CALLS and _memory_allows(self.weight):
-            packed.tensor = torch.ops.mkl._mkl_reorder_linear_weight(self.weight.detach(), rows)
-        return packed.tensor
+            packed.tensor = torch.ops.mkl._mkl_reorder_linear_weight(self.weight.detach(), packed.rows)
+        return packed
 
 
 def drop_packed_weights(model: nn.Module) -> None:
@@ -105,9 +107,27 @@ class _PackedWeight:
     def __deepcopy__(self, memo) -> None:
         return None  # a copied model packs its own weights when it needs to
 
-    def matches(self, weight: torch.Tensor, rows: int) -> bool:
-        return (rows == self.rows and self.source() is weight and weight.data_ptr() == self.data_ptr
-                and weight._version == self.version)
+    def serves(self, weight: torch.Tensor, rows: int) -> bool:
+        """True when this copy is of `weight` as it is now, and was packed for `rows` or a few more.
+
+        A copy packed for 7 rows also serves 5 or 6 (padded with zero rows: at these sizes the time
+        goes to reading the weight, not to the arithmetic), so a server whose batches shrink does not
+        re-pack; a larger batch, or one in another power-of-two bucket, gets its own copy.
+        """
+        return (rows <= self.rows and _bucket(rows) == _bucket(self.rows) and self.source() is weight
+                and weight.data_ptr() == self.data_ptr and weight._version == self.version)
+
+
+def _bucket(rows: int) -> int:
+    """Row counts rounded up to a power of two (1, 2, 4, ..., 64)."""
+    return 1 << (rows - 1).bit_length()
+
+
+def _pad_rows(x: torch.Tensor, rows: int) -> torch.Tensor:
+    """x (r, in) with zero rows added up to `rows` (what a packed copy was made for), contiguous."""
+    if x.size(0) == rows:
+        return x.contiguous()
+    return torch.cat([x, x.new_zeros(rows - x.size(0), x.size(1))])
 
 
 def _weight_major_product(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
@@ -140,9 +160,9 @@ def _memory_allows(weight: torch.Tensor) -> bool:
 
 
 def _layout(weight: torch.Tensor, bias: torch.Tensor | None, rows: int) -> tuple[str, str]:
-    # Row counts are bucketed to powers of two (1, 2, 4, ..., 64): one probe serves a whole bucket, so
-    # a growing input (generation without a cache) does not probe at every step.
-    bucket = 1 << (rows - 1).bit_length()
+    # Row counts are bucketed to powers of two: one probe serves a whole bucket, so a growing input
+    # (generation without a cache) does not probe at every step.
+    bucket = _bucket(rows)
     key = (*weight.shape, weight.dtype, bucket, torch.get_num_threads())
     if key not in _layout_choice:
         _layout_choice[key] = _probe(weight, bias, bucket)
