@@ -287,3 +287,15 @@ def test_chat_prompts_of_an_instruction_tuned_model_carry_end_of_text_after_earl
     assert seen == [chat_prompt_ids(messages, tuned, engine.tokenizer)]
     assert seen[0].count(engine.tokenizer.eot_id) == 1
     assert answer.json()["usage"]["prompt_tokens"] == len(seen[0])
+
+
+def test_streamed_samples_of_one_request_share_a_batch_and_interleave(app, client):
+    worker = app.state.worker
+    before = len(worker.batch_sizes)
+    request = dict(model=MODEL, prompt="Hello", max_tokens=10, temperature=1.0, seed=11, n=3)
+    chunks = list(client.completions.create(**request, stream=True))
+    whole = client.completions.create(**request)
+    streamed = {i: "".join(c.choices[0].text for c in chunks if c.choices[0].index == i) for i in range(3)}
+    assert streamed == {c.index: c.text for c in whole.choices}  # the same samples, streamed or not
+    assert worker.batch_sizes[before:] == [3, 3]  # each response's 3 samples ran as one batch
+    assert sum(c.choices[0].finish_reason is not None for c in chunks) == 3

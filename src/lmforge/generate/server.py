@@ -340,19 +340,44 @@ async def complete(worker: GenerationWorker, job: Job, api: Api, model_name: str
 
 
 async def stream_events(worker: GenerationWorker, job: Job, api: Api, model_name: str) -> AsyncIterator[str]:
-    """The answer as server-sent events: `data: {chunk}` per piece of text, then `data: [DONE]`."""
+    """The answer as server-sent events: `data: {chunk}` per piece of text, then `data: [DONE]`.
+
+    All the samples of a request (its prompts x n) go to the worker at once, so they share one batch;
+    their chunks interleave as the pieces come, each marked with its choice's index, as OpenAI's do.
+    """
     header = response_header(api, model_name, chunk=True)  # every chunk of one response shares id and created
 
     def event(choice: dict) -> str:
         return f"data: {json.dumps({**header, 'choices': [choice]})}\n\n"
 
-    for index, prompt, params in job.samples():
+    samples = list(job.samples())
+    for index, _, _ in samples:
         if (opening := api.opening_chunk(index)) is not None:
             yield event(opening)
+    chunks: asyncio.Queue = asyncio.Queue()  # (index, text piece, finish_reason or None) or an exception
+
+    async def relay(index: int, prompt: Prompt, params: SamplingParams) -> None:
         finished: list = []
-        async for piece in worker.stream(prompt, params, finished):
-            yield event(api.chunk(index, piece, None))
-        yield event(api.chunk(index, "", finished[0].finish_reason if finished else "stop"))
+        try:
+            async for piece in worker.stream(prompt, params, finished):
+                chunks.put_nowait((index, piece, None))
+            chunks.put_nowait((index, "", finished[0].finish_reason if finished else "stop"))
+        except Exception as exc:  # raised to the response below, not lost in the task
+            chunks.put_nowait(exc)
+
+    tasks = [asyncio.create_task(relay(*sample)) for sample in samples]
+    try:
+        open_choices = len(samples)
+        while open_choices:
+            item = await chunks.get()
+            if isinstance(item, Exception):
+                raise item
+            index, piece, finish_reason = item
+            yield event(api.chunk(index, piece, finish_reason))
+            open_choices -= finish_reason is not None
+    finally:
+        for task in tasks:  # the client went away: its samples' rows stop
+            task.cancel()
     yield "data: [DONE]\n\n"
 
 
