@@ -299,3 +299,21 @@ def test_streamed_samples_of_one_request_share_a_batch_and_interleave(app, clien
     assert streamed == {c.index: c.text for c in whole.choices}  # the same samples, streamed or not
     assert worker.batch_sizes[before:] == [3, 3]  # each response's 3 samples ran as one batch
     assert sum(c.choices[0].finish_reason is not None for c in chunks) == 3
+
+
+def test_an_error_in_the_model_answers_500_and_the_worker_carries_on(engine):
+    class FailingOnce(Engine):
+        failed = False
+
+        def stream_batch(self, prompts, params, streams):
+            if not FailingOnce.failed:
+                FailingOnce.failed = True
+                raise RuntimeError("out of memory, say")
+            yield from super().stream_batch(prompts, params, streams)
+
+    app = create_app(FailingOnce(engine.model, engine.tokenizer), MODEL, CHATML)
+    with TestClient(app, raise_server_exceptions=False) as http:
+        request = {"model": MODEL, "prompt": "Hello", "max_tokens": 4, "temperature": 0}
+        failed = http.post("/v1/completions", json=request)
+        assert failed.status_code == 500 and failed.json()["error"]["message"] == "internal error: RuntimeError"
+        assert http.post("/v1/completions", json=request).status_code == 200

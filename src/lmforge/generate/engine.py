@@ -26,10 +26,10 @@ from contextlib import closing
 import torch
 
 from ..model.gpt import GPT
-from ..utils.compiler import compiler_problem
 from ..model.kv_cache import KVCache, make_caches
 from ..model.linear import drop_packed_weights
 from ..tokenizer.base import Tokenizer
+from ..utils.compiler import compiler_problem
 from .params import Completion, SamplingParams
 from .sampling import sample_next
 

@@ -165,14 +165,14 @@ class GenerationWorker:
 
     def _run(self, batch: list[_Request]) -> None:
         engine = self.engine
-        streams = []
-        for request in batch:
-            request.stream = TextStream(engine.tokenizer, request.params.stop)
-            request.prompt_tokens = len(engine.prompt_ids(request.prompt))
-            streams.append(request.stream)
         self.batch_sizes.append(len(batch))
         try:
-            for row, piece in engine.stream_batch([r.prompt for r in batch], [r.params for r in batch], streams):
+            prompts = [engine.prompt_ids(request.prompt) for request in batch]  # encoded once, here
+            for request, ids in zip(batch, prompts):
+                request.stream = TextStream(engine.tokenizer, request.params.stop)
+                request.prompt_tokens = len(ids)
+            streams = [request.stream for request in batch]
+            for row, piece in engine.stream_batch(prompts, [r.params for r in batch], streams):
                 request = batch[row]
                 if piece:
                     request.send(piece)
