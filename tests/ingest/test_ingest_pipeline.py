@@ -2,7 +2,9 @@
 
 import io
 import json
+import os
 import shutil
+import time
 import zipfile
 from pathlib import Path
 
@@ -112,6 +114,24 @@ def test_rerun_reads_unchanged_files_from_the_cache(mixed_folder, tmp_path):
     # On the first run only the exact copy of article.txt is served from the cache (same content, same key).
     assert [f["source"].rsplit("/", 1)[-1] for f in first["files"] if f["cached"]] == ["copy_of_article.txt"]
     assert "herons" in (tmp_path / "b" / "documents.jsonl").read_text()
+
+
+def test_cache_entries_unused_for_a_month_are_pruned_and_used_ones_kept(mixed_folder, tmp_path):
+    cache = tmp_path / "cache"
+    cfg = IngestConfig(workers=1, cache_dir=str(cache))
+    ingest([mixed_folder], tmp_path / "a", cfg, quiet=True)
+    entries = sorted(cache.glob("*.jsonl"))
+    month_ago = time.time() - 31 * 86400
+    for path in entries:  # as if the first run had been a month ago
+        os.utime(path, (month_ago, month_ago))
+    stale = cache / "0123abcd.jsonl"  # an entry of a file that no longer exists
+    stale.write_text('{"text": "old"}\n')
+    os.utime(stale, (month_ago, month_ago))
+    second = ingest([mixed_folder], tmp_path / "b", cfg, quiet=True)
+    assert not stale.exists()
+    assert all(path.exists() for path in entries)  # read again by this run: kept, and marked as used
+    assert all(path.stat().st_mtime > month_ago + 86400 for path in entries)
+    assert all(f["cached"] for f in second["files"] if f["status"] == "ok")
 
 
 def test_nothing_kept_is_an_error_with_the_report_written(tmp_path):

@@ -42,6 +42,9 @@ DOCUMENTS_FILE = "documents.jsonl"
 REPORT_FILE = "ingest_report.json"
 # Part of every cache key: bump it when a reader's output changes so stale cache entries are not reused.
 READER_VERSION = 1
+# Cache entries no ingest has used for this long are deleted at the end of an ingest (their files changed,
+# moved away, or were read with other settings).
+CACHE_MAX_AGE_DAYS = 30
 
 
 @dataclass
@@ -84,6 +87,7 @@ def read_item(item: WorkItem, options: ReaderOptions, cache_dir: Path) -> FileRe
         problems_path = cache_path.with_suffix(".problems.json")
         if cache_path.is_file():
             result.cached = True
+            _mark_used(cache_path, problems_path)
             with open(cache_path, encoding="utf-8") as f:
                 result.records = sum(1 for _ in f)
             if problems_path.is_file():  # a cached file still reports its malformed lines
@@ -101,6 +105,28 @@ def read_item(item: WorkItem, options: ReaderOptions, cache_dir: Path) -> FileRe
         log.debug("reading %s failed:\n%s", item.source, traceback.format_exc())
     result.seconds = time.perf_counter() - start
     return result
+
+
+def _mark_used(*paths: Path) -> None:
+    """Touch cache files a run used: prune_cache removes the ones no run has used for a while."""
+    for path in paths:
+        if path.is_file():
+            os.utime(path)
+
+
+def prune_cache(cache_dir: Path, max_age_days: float = CACHE_MAX_AGE_DAYS) -> int:
+    """Delete cache files no ingest has read or written for max_age_days (files since changed or gone,
+    other settings, left-over temporary files); returns how many were deleted."""
+    cutoff = time.time() - max_age_days * 86400
+    deleted = 0
+    for path in cache_dir.glob("*"):
+        try:
+            if path.is_file() and path.stat().st_mtime < cutoff:
+                path.unlink()
+                deleted += 1
+        except OSError:  # another ingest may be using the cache at the same time: leave it
+            pass
+    return deleted
 
 
 def _read_into_cache(item: WorkItem, fmt: str, options: ReaderOptions, cache_path: Path, problems: list) -> int:
@@ -165,6 +191,7 @@ def ingest(sources: Sequence[str | Path], out_dir: str | Path, cfg: IngestConfig
             results.append(result)
             bar.update(1)
         bar.close()
+    prune_cache(cache_dir)
     ok = [r for r in results if r.status == "ok"]
     stats = _clean_and_write(ok, out_dir / DOCUMENTS_FILE, cfg, quiet)
     report = build_report(results, stats, time.perf_counter() - start, workers)
