@@ -124,11 +124,14 @@ def test_cache_entries_unused_for_a_month_are_pruned_and_used_ones_kept(mixed_fo
     month_ago = time.time() - 31 * 86400
     for path in entries:  # as if the first run had been a month ago
         os.utime(path, (month_ago, month_ago))
-    stale = cache / "0123abcd.jsonl"  # an entry of a file that no longer exists
+    stale = cache / f"{'ab' * 20}.jsonl"  # an entry of a file that no longer exists
     stale.write_text('{"text": "old"}\n')
-    os.utime(stale, (month_ago, month_ago))
+    not_ours = cache / "notes.jsonl"  # a file lmforge did not write: never deleted
+    not_ours.write_text("mine\n")
+    for path in (stale, not_ours):
+        os.utime(path, (month_ago, month_ago))
     second = ingest([mixed_folder], tmp_path / "b", cfg, quiet=True)
-    assert not stale.exists()
+    assert not stale.exists() and not_ours.exists()
     assert all(path.exists() for path in entries)  # read again by this run: kept, and marked as used
     assert all(path.stat().st_mtime > month_ago + 86400 for path in entries)
     assert all(f["cached"] for f in second["files"] if f["status"] == "ok")

@@ -15,6 +15,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import sys
 import time
 import traceback
@@ -45,6 +46,7 @@ READER_VERSION = 1
 # Cache entries no ingest has used for this long are deleted at the end of an ingest (their files changed,
 # moved away, or were read with other settings).
 CACHE_MAX_AGE_DAYS = 30
+_CACHE_FILE = re.compile(r"[0-9a-f]{40}\.(jsonl|problems\.json|tmp\d+)")  # what read_item writes (sha1 keys)
 
 
 @dataclass
@@ -120,6 +122,8 @@ def prune_cache(cache_dir: Path, max_age_days: float = CACHE_MAX_AGE_DAYS) -> in
     cutoff = time.time() - max_age_days * 86400
     deleted = 0
     for path in cache_dir.glob("*"):
+        if not _CACHE_FILE.fullmatch(path.name):  # only files this cache wrote, whatever else the folder holds
+            continue
         try:
             if path.is_file() and path.stat().st_mtime < cutoff:
                 path.unlink()
