@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from lmforge.ingest.config import IngestConfig
-from lmforge.ingest.pipeline import ingest
+from lmforge.ingest.pipeline import ingest, prune_cache
 
 ARTICLE = ("Tidal pools are shallow basins of seawater left behind when the ocean retreats at low tide. "
            "They shelter anemones, crabs and small fish that must survive heat, wind and changing salinity "
@@ -132,6 +132,8 @@ def test_cache_entries_unused_for_a_month_are_pruned_and_used_ones_kept(mixed_fo
         os.utime(path, (month_ago, month_ago))
     second = ingest([mixed_folder], tmp_path / "b", cfg, quiet=True)
     assert not stale.exists() and not_ours.exists()
+    os.utime(not_ours, (month_ago, month_ago))
+    assert prune_cache(cache) == 0  # nothing of ours is stale now, and the other file is never touched
     assert all(path.exists() for path in entries)  # read again by this run: kept, and marked as used
     assert all(path.stat().st_mtime > month_ago + 86400 for path in entries)
     assert all(f["cached"] for f in second["files"] if f["status"] == "ok")

@@ -117,12 +117,16 @@ def test_a_copied_model_packs_its_own_weights(monkeypatch):
     torch.testing.assert_close(*decode_step(layer), rtol=1e-5, atol=1e-5)
 
 
-def test_the_probe_offers_packing_only_where_it_exists():
-    weight, x_rows = torch.randn(64, 32), 8
-    fp32 = linear_module._probe(weight, None, x_rows)
-    bf16 = linear_module._probe(weight.bfloat16(), None, x_rows)
-    assert fp32[0] in (PLAIN, WEIGHT_MAJOR, PACKED) and fp32[1] in (PLAIN, WEIGHT_MAJOR)
-    assert PACKED not in bf16
+def test_the_probe_offers_packing_only_where_it_exists(monkeypatch):
+    timed = []
+    real_fastest_times = linear_module._fastest_times
+    monkeypatch.setattr(linear_module, "_fastest_times",
+                        lambda candidates: timed.append(set(candidates)) or real_fastest_times(candidates))
+    weight = torch.randn(64, 32)
+    fp32 = linear_module._probe(weight, None, 8)
+    bf16 = linear_module._probe(weight.bfloat16(), None, 8)
+    assert timed == [{PLAIN, WEIGHT_MAJOR, PACKED}, {PLAIN, WEIGHT_MAJOR}]
+    assert fp32[1] in (PLAIN, WEIGHT_MAJOR) and bf16[0] in (PLAIN, WEIGHT_MAJOR)
 
 
 def test_training_and_long_inputs_never_probe(monkeypatch):

@@ -222,8 +222,8 @@ def save_chat_template(ckpt_dir: str | Path, template: ChatTemplate) -> Path:
     """Store `template` with a checkpoint, so that chat and serve use it by default."""
     template.validate()
     data = asdict(template)
-    for optional in ("role_messages", "default_system", "eot_after_answer"):  # left out when unused: older
-        # readers know only the rest
+    # Optional fields are left out when unused: older readers know only the rest.
+    for optional in ("role_messages", "default_system", "eot_after_answer"):
         if not data[optional]:
             del data[optional]
     path = Path(ckpt_dir) / TEMPLATE_FILENAME

@@ -129,7 +129,7 @@ def _inserted_rows(statement: list[tuple[str, str]]) -> tuple[str, list[str], It
     into, values = words.index("INTO"), words.index("VALUES")
     target = statement[into + 1:values]
     name_tokens = list(takewhile(lambda token: token[1] != "(", target))  # stop at (columns)
-    table = "".join(_unquote_name(kind, text) for kind, text in name_tokens)
+    table = _table_name(name_tokens)
     listed = [_unquote_name(kind, text) for kind, text in target[len(name_tokens):] if kind in ("word", "name")]
     return table, listed, _row_values(statement[values + 1:])
 
@@ -165,8 +165,7 @@ def _created_table(statement: list[tuple[str, str]]) -> tuple[str, list[str]] | 
     if words[:2] != ["CREATE", "TABLE"] or not any(text == "(" for _, text in statement):
         return None
     opening = next(i for i, (_, text) in enumerate(statement) if text == "(")
-    name_tokens = [token for token in statement[2:opening] if token[1].upper() not in ("IF", "NOT", "EXISTS")]
-    table = "".join(_unquote_name(kind, text) for kind, text in name_tokens)
+    table = _table_name([token for token in statement[2:opening] if token[1].upper() not in ("IF", "NOT", "EXISTS")])
     columns, depth, starting = [], 0, True
     for kind, text in statement[opening:]:
         if text == "(":
@@ -189,6 +188,11 @@ def _unescape(literal: str) -> str:
             return "'"
         return _BACKSLASH_ESCAPES.get(match.group(1), match.group())
     return _ESCAPE.sub(replace, literal[1:-1])
+
+
+def _table_name(tokens: list[tuple[str, str]]) -> str:
+    """`schema.table`, `"My Table"`, [Track] -> the name as written, quotes removed."""
+    return "".join(_unquote_name(kind, text) for kind, text in tokens)
 
 
 def _unquote_name(kind: str, text: str) -> str:

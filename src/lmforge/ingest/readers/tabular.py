@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import re
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TextIO
@@ -27,6 +28,7 @@ PREFERRED_TEXT_FIELDS = ("text", "content", "body", "message", "document", "arti
 MISSING_VALUES = {"", "na", "n/a", "nan", "null", "none"}
 SNIFF_BYTES = 64 * 1024
 JSON_CHUNK_CHARS = 1 << 20  # a JSON array is read this much at a time
+_JSON_SPACE = re.compile(r"[ \t\r\n]*")  # the whitespace JSON allows between items
 DELIMITERS = {".tsv": "\t", ".tab": "\t"}
 # csv's default limit (128 KiB per field) is too small for whole documents kept in one cell.
 CSV_FIELD_LIMIT = 64 * 1024 * 1024
@@ -128,10 +130,10 @@ def _starts_with(file: TextIO, char: str) -> bool:
 def _array_items(file: TextIO) -> Iterator[object]:
     """The items of the JSON array that `file` holds, decoded one at a time from a growing buffer."""
     decoder = json.JSONDecoder()
-    buffer, position, at_end = file.read(JSON_CHUNK_CHARS), 0, False
+    buffer, at_end = file.read(JSON_CHUNK_CHARS), False
     position = buffer.index("[") + 1
     while True:
-        position = _skip(buffer, position, " \t\r\n")
+        position = _JSON_SPACE.match(buffer, position).end()
         if position < len(buffer) and buffer[position] == "]":
             return
         if position < len(buffer) and buffer[position] == ",":
@@ -153,12 +155,6 @@ def _array_items(file: TextIO) -> Iterator[object]:
             raise json.JSONDecodeError("the array is not closed", buffer, position)
         buffer = buffer[position:] + more
         position = 0
-
-
-def _skip(text: str, position: int, chars: str) -> int:
-    while position < len(text) and text[position] in chars:
-        position += 1
-    return position
 
 
 def _json_objects(data) -> list:
