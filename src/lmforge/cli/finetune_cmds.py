@@ -17,7 +17,7 @@ EXIT_FAILED, EXIT_INTERRUPTED = 1, 130
 
 def cmd_finetune(args: argparse.Namespace, overrides: list[str]) -> int:
     from ..config.run import load_run_config, preset_raw, render_config
-    from ..dist.env import env_from_torchrun
+    from ..distributed.env import env_from_torchrun
     from ..train.finetune import run_finetuning
     from .main import _config_source, _print_summary, _relaunch_under_torchrun
 

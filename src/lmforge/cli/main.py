@@ -29,7 +29,7 @@ EXIT_USAGE, EXIT_FAILED, EXIT_INTERRUPTED = 2, 1, 130
 
 def cmd_train(args: argparse.Namespace, overrides: list[str]) -> int:
     from ..config.run import load_run_config, preset_raw, render_config
-    from ..dist.env import env_from_torchrun
+    from ..distributed.env import env_from_torchrun
     from ..train.pretrain import run_pretraining
 
     if args.nproc is not None and args.nproc != 1:

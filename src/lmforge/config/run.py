@@ -11,7 +11,7 @@ from importlib import resources
 from pathlib import Path
 
 from ..data.config import DataConfig
-from ..dist.config import DistConfig
+from ..distributed.config import DistConfig
 from ..ingest.config import IngestConfig
 from ..model.config import PRESETS, ModelConfig, apply_preset
 from ..train.config import TrainConfig

@@ -9,7 +9,7 @@ Every folder is written under a temporary name and renamed into place, so a kill
 leaves the previous checkpoint intact.
 
 A run of several processes (torchrun) writes the same files, from rank 0 only, with whole
-(consolidated) weights and optimizer state even when training shards them (lmforge.dist.state_dict);
+(consolidated) weights and optimizer state even when training shards them (lmforge.distributed.state_dict);
 train_state.pt then also records the world size and every rank's RNG state, so any number of
 processes -- one included -- can resume it.
 """

@@ -25,9 +25,9 @@ from ..data.loader import TokenBatches
 from ..data.sft import (SFTBatches, drop_truncated_answers, load_sft_examples, preflight, split_examples,
                         tokenize_conversation)
 from ..data.templates import TEMPLATES, render
-from ..dist.config import DistConfig
-from ..dist.env import DistEnv, distributed_session, main_process_first, quiet_unless_main
-from ..dist.wrap import resolve_strategy
+from ..distributed.config import DistConfig
+from ..distributed.env import DistEnv, distributed_session, main_process_first, quiet_unless_main
+from ..distributed.wrap import resolve_strategy
 from ..ingest.config import IngestConfig
 from ..model.config import ModelConfig
 from ..tokenizer import load_tokenizer
@@ -59,7 +59,7 @@ def run_finetuning(model_cfg: ModelConfig, data_cfg: DataConfig, train_cfg: Trai
                    dist_cfg: DistConfig | None = None) -> tuple[TrainResult, TaskSetup]:
     """Fine-tune and return the loop's result and the task's setup (its model and validation batches).
 
-    Under torchrun with several processes it is one data-parallel run, as pretraining is (lmforge.dist):
+    Under torchrun with several processes it is one data-parallel run, as pretraining is (lmforge.distributed):
     every process builds the same model, takes its share of the batches, and rank 0 writes.
     """
     if not model_cfg.init_from:

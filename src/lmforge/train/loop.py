@@ -6,7 +6,7 @@ Around it: logging, validation, best-model tracking, early stopping, samples, ch
 clean stop on Ctrl-C / SIGTERM or a NaN loss.
 
 Under torchrun the same loop runs in every process (rank), each on its own micro-batches, with the
-model wrapped by DDP or sharded by FSDP (lmforge.dist). Three rules keep the ranks one training run:
+model wrapped by DDP or sharded by FSDP (lmforge.distributed). Three rules keep the ranks one training run:
   * the loss is divided by the target tokens of the *global* batch (all ranks, all k micro-batches),
     so the averaged gradient equals one process's gradient on that whole batch;
   * every decision is taken on numbers all ranks share: train and validation losses are summed over
@@ -29,11 +29,11 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from ..dist.collectives import gather_objects, max_across_ranks, round_robin, sum_across_ranks
-from ..dist.env import DistEnv, barrier
-from ..dist.state_dict import FullModel, full_optimizer_state, load_full_optimizer_state
-from ..dist.world_change import data_position_for_world, rng_for_rank
-from ..dist.wrap import grad_scaler, gradient_sync, wrap_model
+from ..distributed.collectives import gather_objects, max_across_ranks, round_robin, sum_across_ranks
+from ..distributed.env import DistEnv, barrier
+from ..distributed.state_dict import FullModel, full_optimizer_state, load_full_optimizer_state
+from ..distributed.world_change import data_position_for_world, rng_for_rank
+from ..distributed.wrap import grad_scaler, gradient_sync, wrap_model
 from ..generate.engine import generate_text
 from ..utils.device import autocast
 from ..utils.malloc import keep_freed_memory
@@ -91,7 +91,7 @@ class Trainer:
     """Trains `model` on `train_batches`.
 
     In a distributed run, `env` says which rank this process is and `strategy` (none | ddp | fsdp, see
-    lmforge.dist.wrap) how the model is shared; `train_batches` must already be this rank's share of the
+    lmforge.distributed.wrap) how the model is shared; `train_batches` must already be this rank's share of the
     data. batch_size and grad_accum_steps are per rank: one optimizer step reads
     batch_size x grad_accum_steps x world_size sequences (`global_batch`).
     """

@@ -17,9 +17,9 @@ from ..data.corpus import default_corpus_files
 from ..data.loader import TokenBatches
 from ..data.prepare import ensure_prepared
 from ..data.shards import read_meta
-from ..dist.config import DistConfig
-from ..dist.env import DistEnv, distributed_session, main_process_first, quiet_unless_main
-from ..dist.wrap import resolve_strategy
+from ..distributed.config import DistConfig
+from ..distributed.env import DistEnv, distributed_session, main_process_first, quiet_unless_main
+from ..distributed.wrap import resolve_strategy
 from ..ingest.config import IngestConfig
 from ..model.config import ModelConfig, with_vocab
 from ..model.gpt import GPT
@@ -59,7 +59,7 @@ def build_model(model_cfg: ModelConfig, vocab_size: int) -> GPT:
 def run_pretraining(model_cfg: ModelConfig, data_cfg: DataConfig, train_cfg: TrainConfig,
                     ingest_cfg: IngestConfig | None = None, config_yaml: str | None = None,
                     dist_cfg: DistConfig | None = None) -> TrainResult:
-    """Train a model; under torchrun with several processes, as one data-parallel run (see lmforge.dist)."""
+    """Train a model; under torchrun with several processes, as one data-parallel run (see lmforge.distributed)."""
     dist_cfg = dist_cfg or DistConfig()
     with distributed_session(dist_cfg, train_cfg.device) as (env, device), quiet_unless_main(env):
         return _pretrain(model_cfg, data_cfg, train_cfg, ingest_cfg, config_yaml, dist_cfg, env, device)

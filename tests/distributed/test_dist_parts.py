@@ -1,4 +1,4 @@
-"""The pieces of lmforge.dist that need no second process: environment, strategy, work split, resume maths."""
+"""The pieces of lmforge.distributed that need no second process: environment, strategy, work split, resume maths."""
 
 import pytest
 import torch
@@ -6,11 +6,11 @@ import torch
 from lmforge.cli import main as cli
 from lmforge.config.run import ConfigError, load_run_config, render_config
 from lmforge.data.loader import TokenBatches
-from lmforge.dist.collectives import gather_objects, round_robin, sum_across_ranks
-from lmforge.dist.env import DistEnv, backend_for, env_from_torchrun, process_device
-from lmforge.dist.state_dict import FullModel, load_full_optimizer_state
-from lmforge.dist.world_change import data_position_for_world, rng_for_rank
-from lmforge.dist.wrap import gradient_sync, resolve_strategy, wrap_model
+from lmforge.distributed.collectives import gather_objects, round_robin, sum_across_ranks
+from lmforge.distributed.env import DistEnv, backend_for, env_from_torchrun, process_device
+from lmforge.distributed.state_dict import FullModel, load_full_optimizer_state
+from lmforge.distributed.world_change import data_position_for_world, rng_for_rank
+from lmforge.distributed.wrap import gradient_sync, resolve_strategy, wrap_model
 from lmforge.model.config import ModelConfig
 from lmforge.model.gpt import GPT
 

@@ -20,8 +20,8 @@ from pathlib import Path
 import torch
 
 from lmforge.data.loader import TokenBatches
-from lmforge.dist.config import DistConfig
-from lmforge.dist.env import DistEnv, distributed_session
+from lmforge.distributed.config import DistConfig
+from lmforge.distributed.env import DistEnv, distributed_session
 from lmforge.model.config import ModelConfig
 from lmforge.model.gpt import GPT
 from lmforge.tokenizer import load_tokenizer

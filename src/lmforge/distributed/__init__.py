@@ -18,18 +18,18 @@ below are imported on first use.
 from importlib import import_module
 
 _EXPORTS = {
-    "DistConfig": "lmforge.dist.config",
-    "DistEnv": "lmforge.dist.env",
-    "distributed_session": "lmforge.dist.env",
-    "env_from_torchrun": "lmforge.dist.env",
-    "main_process_first": "lmforge.dist.env",
-    "resolve_strategy": "lmforge.dist.wrap",
-    "wrap_model": "lmforge.dist.wrap",
+    "DistConfig": "lmforge.distributed.config",
+    "DistEnv": "lmforge.distributed.env",
+    "distributed_session": "lmforge.distributed.env",
+    "env_from_torchrun": "lmforge.distributed.env",
+    "main_process_first": "lmforge.distributed.env",
+    "resolve_strategy": "lmforge.distributed.wrap",
+    "wrap_model": "lmforge.distributed.wrap",
 }
 __all__ = sorted(_EXPORTS)
 
 
 def __getattr__(name: str):
     if name not in _EXPORTS:
-        raise AttributeError(f"module 'lmforge.dist' has no attribute {name!r}")
+        raise AttributeError(f"module 'lmforge.distributed' has no attribute {name!r}")
     return getattr(import_module(_EXPORTS[name]), name)

@@ -18,7 +18,7 @@ import torch
 from safetensors.torch import load_file
 
 from lmforge.train.checkpoint import load_model_from_checkpoint, load_train_state, read_meta
-from tests.dist.dist_rank_program import build_trainer
+from tests.distributed.dist_rank_program import build_trainer
 
 pytestmark = pytest.mark.slow
 PROGRAM = Path(__file__).with_name("dist_rank_program.py")

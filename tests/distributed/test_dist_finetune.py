@@ -58,8 +58,8 @@ def test_two_process_lora_sft_matches_one_process_with_the_same_global_batch(tmp
 
 def test_qlora_refuses_several_processes(tmp_path):
     from lmforge.train.finetune import _strategy
-    from lmforge.dist.config import DistConfig
-    from lmforge.dist.env import DistEnv
+    from lmforge.distributed.config import DistConfig
+    from lmforge.distributed.env import DistEnv
     from lmforge.train.finetune_config import FinetuneConfig
 
     two = DistEnv(rank=0, world_size=2, local_rank=0)
