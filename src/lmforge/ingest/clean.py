@@ -6,7 +6,8 @@ and reported on its own. ``clean_record`` runs them in order on one Record:
     normalise -> PDF page-number lines -> de-hyphenate (prose only) -> slop (not code) -> PII -> quality
 
 and keeps every count in a ``CleanStats`` for the ingest report; each step obeys its switch in
-``CleanConfig``. Steps that compare documents with each other live in their own modules and are
+``CleanConfig``. ``clean_or_drop`` says why a dropped record went (a ``Drop``), for the report's
+per-file list; the code-quality measures live in code_quality.py. Steps that compare documents with each other live in their own modules and are
 run by the pipeline around this one: boilerplate.py (lines repeated across documents, before)
 and dedup.py (duplicate documents, after).
 """
@@ -21,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
 
 from .boilerplate import remove_page_numbers
+from .code_quality import code_quality_issue
 from .config import CleanConfig
 from .record import Record
 
@@ -232,6 +234,31 @@ def quality_issue(text: str, format: str, cfg: CleanConfig) -> str | None:
     return None
 
 
+@dataclass
+class Drop:
+    """Why a document was dropped: ``check`` is the key it is counted under in the report
+    ("too_short", "slop", "code_data_lines", "exact_duplicate", ...); ``reason`` says it in words,
+    with the measured value and the limit where there is one."""
+
+    check: str
+    reason: str
+
+
+def quality_drop(text: str, format: str, cfg: CleanConfig) -> Drop | None:
+    """quality_issue with its reason spelled out, then, for source code, the code-quality filter."""
+    issue = quality_issue(text, format, cfg)
+    if issue == "too_short":
+        return Drop(issue, f"too short: {len(text.strip())} characters after cleaning, minimum {cfg.min_chars}")
+    if issue == "mostly_non_text":
+        return Drop(issue, f"mostly non-text: {non_text_share(text):.0%} of visible characters are digits or "
+                           f"symbols, limit {cfg.max_non_text_share:.0%}")
+    if format == CODE_FORMAT and cfg.code_filter:
+        code_issue = code_quality_issue(text, cfg)
+        if code_issue is not None:
+            return Drop(code_issue.check, code_issue.reason)
+    return None
+
+
 # --- the whole pipeline for one record ------------------------------------------------------
 
 
@@ -240,7 +267,7 @@ class CleanStats:
     """What cleaning did to a corpus; one per worker, merged for the ingest report."""
 
     documents_in: int = 0
-    # Documents clean_record dropped, by reason ("too_short", "mostly_non_text", "slop");
+    # Documents clean_record dropped, by reason ("too_short", "mostly_non_text", "slop", "code_...");
     # duplicates are counted in exact_duplicates and near_duplicates instead.
     documents_dropped_by_reason: Counter[str] = field(default_factory=Counter)
     chars_in: int = 0
@@ -280,8 +307,8 @@ def normalized(record: Record, cfg: CleanConfig) -> tuple[str, int]:
     return normalize_text(record.text, collapse_inner_spaces=record.format != CODE_FORMAT)
 
 
-def _clean_text(record: Record, cfg: CleanConfig, stats: CleanStats, boilerplate=None) -> str | None:
-    """The text-changing steps; None when the slop filter rejects the whole document."""
+def _clean_text(record: Record, cfg: CleanConfig, stats: CleanStats, boilerplate=None) -> str | Drop:
+    """The text-changing steps; a Drop when the slop filter rejects the whole document."""
     prose = record.format in PROSE_FORMATS
     text, removed = normalized(record, cfg)
     stats.normalize_chars_removed += removed
@@ -299,8 +326,11 @@ def _clean_text(record: Record, cfg: CleanConfig, stats: CleanStats, boilerplate
         lines_before = sum(1 for line in text.split("\n") if line.strip())
         text, hit = remove_slop(text, cfg.slop_phrases)
         stats.slop_lines_removed += hit
-        if hit and (cfg.slop_action == "drop_document" or slop_is_dense(hit, lines_before)):
-            return None
+        if hit and cfg.slop_action == "drop_document":
+            return Drop("slop", f"slop: {hit} line(s) with an assistant phrase (slop_action drop_document)")
+        if hit and slop_is_dense(hit, lines_before):
+            return Drop("slop", f"slop: {hit} of {lines_before} lines had an assistant phrase, limit "
+                                f"{SLOP_DENSE_MIN_LINES} lines and {SLOP_DENSE_SHARE:.0%}")
     if cfg.pii:
         text, replaced = scrub_pii(text)
         stats.pii_replaced += replaced
@@ -315,16 +345,23 @@ def clean_record(record: Record, cfg: CleanConfig, stats: CleanStats,
     (applied to prose right after normalisation). Duplicates are the caller's step (Deduplicator,
     after this, so documents are compared in their cleaned form).
     """
+    kept = clean_or_drop(record, cfg, stats, boilerplate)
+    return None if isinstance(kept, Drop) else kept
+
+
+def clean_or_drop(record: Record, cfg: CleanConfig, stats: CleanStats,
+                  boilerplate: Callable[[str], tuple[str, int]] | None = None) -> Record | Drop:
+    """clean_record, but a dropped record comes back as the Drop that says why."""
     stats.documents_in += 1
     stats.chars_in += len(record.text)
     text = _clean_text(record, cfg, stats, boilerplate)
-    if text is None:
+    if isinstance(text, Drop):
         stats.slop_documents_dropped += 1
-        reason = "slop"
+        drop = text
     else:
-        reason = quality_issue(text, record.format, cfg)
-    if reason:
-        stats.documents_dropped_by_reason[reason] += 1
-        return None
+        drop = quality_drop(text, record.format, cfg)
+    if drop is not None:
+        stats.documents_dropped_by_reason[drop.check] += 1
+        return drop
     stats.chars_out += len(text)
     return replace(record, text=text)

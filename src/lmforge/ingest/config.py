@@ -39,6 +39,22 @@ class CleanConfig:
         "help": "drop_line: cut each sentence with a phrase (its line if nothing is left), and drop the "
                 "document when such lines are dense (2+ lines and 25%+ of them); "
                 "drop_document: drop any document with a phrase"})
+    code_filter: bool = field(default=True, metadata={
+        "help": "drop source files that are data or machine output rather than code (generated tables, encoded "
+                "blobs, minified lines, tool-written files); the code_* limits below; prose and tables untouched"})
+    code_max_data_line_share: float = field(default=0.7, metadata={
+        "help": "code: drop a file when more than this share of its code lines hold only literals and separators "
+                "(judged from 20 such lines up)"})
+    code_max_number_share: float = field(default=0.4, metadata={
+        "help": "code: drop a file when more than this share of its non-space characters are numeric literals"})
+    code_max_encoded_run: int = field(default=256, metadata={
+        "help": "code: drop a file holding a longer run of base64/hex characters (an embedded blob)"})
+    code_max_line_chars: int = field(default=1000, metadata={
+        "help": "code: drop a file with a longer line (The Stack / StarCoder: 1000)"})
+    code_max_mean_line_chars: float = field(default=100, metadata={
+        "help": "code: drop a file whose lines are longer than this on average (The Stack / StarCoder: 100)"})
+    code_min_alnum_share: float = field(default=0.25, metadata={
+        "help": "code: drop a file with a smaller share of letters and digits (The Stack / StarCoder: 0.25)"})
     pii: bool = field(default=False, metadata={
         "help": "replace e-mail addresses with <EMAIL> and phone numbers with <PHONE>"})
     dedup_exact: bool = field(default=True, metadata={
@@ -56,17 +72,21 @@ class CleanConfig:
     def off(cls) -> "CleanConfig":
         """A config under which cleaning changes nothing: every step and filter switched off."""
         return cls(normalize=False, dehyphenate=False, boilerplate=False, min_chars=0, max_non_text_share=1.0,
-                   slop_filter=False, pii=False, dedup_exact=False, dedup_near=False)
+                   slop_filter=False, code_filter=False, pii=False, dedup_exact=False, dedup_near=False)
 
     def validate(self) -> None:
         if self.slop_action not in SLOP_ACTIONS:
             raise ValueError(f"slop_action: must be one of {', '.join(SLOP_ACTIONS)}, got {self.slop_action!r}")
-        for name in ("boilerplate_min_share", "max_non_text_share"):
+        for name in ("boilerplate_min_share", "max_non_text_share", "code_max_data_line_share",
+                     "code_max_number_share", "code_min_alnum_share"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name}: must be in [0, 1], got {getattr(self, name)}")
         if not 0.0 < self.near_threshold < 1.0:
             raise ValueError(f"near_threshold: must be in (0, 1), got {self.near_threshold}")
         for name in ("boilerplate_min_docs", "shingle_words"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}: must be at least 1, got {getattr(self, name)}")
+        for name in ("code_max_encoded_run", "code_max_line_chars", "code_max_mean_line_chars"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}: must be at least 1, got {getattr(self, name)}")
         if self.min_chars < 0:

@@ -6,7 +6,9 @@
 2. Pass one over the cached records counts lines repeated across documents (boilerplate).
 3. Pass two cleans each record, drops repeated lines, filters and deduplicates, and appends the
    survivors to documents.jsonl. Every file ends up in ingest_report.json as ok, skipped or failed
-   with its reason; a bad file never stops the ingest.
+   with its reason, and every document dropped from an ok file is counted under its file by the
+   check that dropped it (the first few listed with the reason in words); a bad file never stops
+   the ingest.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from tqdm import tqdm
 
 from ..utils.files import file_sha1
 from .boilerplate import BoilerplateFinder
-from .clean import PROSE_FORMATS, CleanStats, clean_record, normalized
+from .clean import PROSE_FORMATS, CleanStats, Drop, clean_or_drop, normalized
 from .config import IngestConfig
 from .dedup import Deduplicator
 from .detect import HEAD_BYTES, detect_format
@@ -42,10 +44,13 @@ log = logging.getLogger("lmforge.ingest")
 DOCUMENTS_FILE = "documents.jsonl"
 REPORT_FILE = "ingest_report.json"
 # Part of every cache key: bump it when a reader's output changes so stale cache entries are not reused.
-READER_VERSION = 1
+READER_VERSION = 2  # 2: "automatically generated" marks generated code
 # Cache entries no ingest has used for this long are deleted at the end of an ingest (their files changed,
 # moved away, or were read with other settings).
 CACHE_MAX_AGE_DAYS = 30
+# Dropped documents listed with their reason per file (all are counted): a table whose rows are
+# mostly too short would otherwise list thousands of identical entries.
+DROPS_LISTED_PER_FILE = 20
 _CACHE_FILE = re.compile(r"[0-9a-f]{40}\.(jsonl|problems\.json|tmp\d+)")  # what read_item writes (sha1 keys)
 
 
@@ -63,7 +68,14 @@ class FileResult:
     cached: bool = False
     seconds: float = 0.0
     problems: list[str] = field(default_factory=list)
+    documents_dropped: dict[str, int] = field(default_factory=dict)  # check -> documents it dropped
+    dropped: list[dict] = field(default_factory=list)  # {"document": n, "check", "reason"}, the first few
     cache_path: str | None = None
+
+    def add_drop(self, document: int, drop: Drop) -> None:
+        self.documents_dropped[drop.check] = self.documents_dropped.get(drop.check, 0) + 1
+        if len(self.dropped) < DROPS_LISTED_PER_FILE:
+            self.dropped.append({"document": document, "check": drop.check, "reason": drop.reason})
 
 
 # ---- reading (runs in worker processes) ----------------------------------------------------------
@@ -205,8 +217,7 @@ def ingest(sources: Sequence[str | Path], out_dir: str | Path, cfg: IngestConfig
     summary = report["summary"]
     if summary["documents_kept"] == 0:
         reasons = [f"{n} x {reason}" for reason, n in summary["top_reasons"].items()]
-        dropped = summary["cleaning"].get("documents_dropped_by_reason") or {}
-        reasons += [f"{n} x dropped by cleaning: {reason}" for reason, n in dropped.items()]
+        reasons += [f"{n} x dropped: {check}" for check, n in summary["documents_dropped"].items()]
         raise ValueError(f"no document was kept from {', '.join(map(str, sources))} "
                          f"({'; '.join(reasons) or 'no files found'})")
     return report
@@ -225,10 +236,11 @@ def _clean_and_write(ok: list[FileResult], documents_path: Path, cfg: IngestConf
     bar = tqdm(total=sum(r.records for r in ok), desc="cleaning", unit="doc", file=sys.stderr, disable=quiet)
     with open(documents_path, "w", encoding="utf-8") as out:
         for result in ok:
-            for record in cached_records(result):
+            for number, record in enumerate(cached_records(result), start=1):
                 bar.update(1)
                 kept = _clean_one(record, result.group, finder, dedup, clean, stats)
-                if kept is None:
+                if isinstance(kept, Drop):
+                    result.add_drop(number, kept)
                     continue
                 result.documents_kept += 1
                 result.chars_kept += len(kept.text)
@@ -238,16 +250,24 @@ def _clean_and_write(ok: list[FileResult], documents_path: Path, cfg: IngestConf
     return stats
 
 
-def _clean_one(record: Record, group: str, finder, dedup, clean, stats: CleanStats) -> Record | None:
+def _clean_one(record: Record, group: str, finder, dedup, clean, stats: CleanStats) -> Record | Drop:
     boilerplate = (lambda text: finder.remove(group, text)) if finder is not None else None
-    cleaned = clean_record(record, clean, stats, boilerplate)
-    if cleaned is None:
-        return None
+    cleaned = clean_or_drop(record, clean, stats, boilerplate)
+    if isinstance(cleaned, Drop):
+        return cleaned
     kind = dedup.is_duplicate(cleaned.text)
     if kind is not None:
         setattr(stats, f"{kind}_duplicates", getattr(stats, f"{kind}_duplicates") + 1)
-        return None
+        return _duplicate_drop(kind, clean)
     return cleaned
+
+
+def _duplicate_drop(kind: str, clean) -> Drop:
+    if kind == "exact":
+        return Drop("exact_duplicate", "exact duplicate of an earlier document (same words, ignoring case "
+                                       "and whitespace)")
+    return Drop("near_duplicate", f"near duplicate of an earlier document (estimated Jaccard similarity of "
+                                  f"{clean.shingle_words}-word shingles at least {clean.near_threshold:g})")
 
 
 # ---- the report -----------------------------------------------------------------------------------
@@ -256,6 +276,9 @@ def build_report(results: list[FileResult], stats: CleanStats, seconds: float, w
     for r in results:
         by_format.setdefault(r.format or "binary", Counter())[r.status] += 1
     reasons = Counter(f"{r.status}: {r.reason}" for r in results if r.status != "ok")
+    dropped = Counter()
+    for r in results:
+        dropped.update(r.documents_dropped)
     text_bytes = sum(r.bytes for r in results if r.status == "ok")
     summary = {
         "files": len(results),
@@ -266,6 +289,7 @@ def build_report(results: list[FileResult], stats: CleanStats, seconds: float, w
         "top_reasons": dict(reasons.most_common(10)),
         "documents_kept": sum(r.documents_kept for r in results),
         "chars_kept": sum(r.chars_kept for r in results),
+        "documents_dropped": dict(dropped.most_common()),  # by the check that dropped them, duplicates included
         "bytes_read": text_bytes,
         "cleaning": stats.as_dict(),
         "seconds": round(seconds, 3),
@@ -287,7 +311,11 @@ def format_summary(report: dict) -> str:
     lines.append(f"kept {s['documents_kept']:,} documents, {s['chars_kept']:,} characters; "
                  f"removed {c.get('exact_duplicates', 0)} exact and {c.get('near_duplicates', 0)} near duplicates, "
                  f"{c.get('lines_removed_boilerplate', 0)} boilerplate lines, {c.get('slop_lines_removed', 0)} "
-                 f"slop lines; dropped documents: {c.get('documents_dropped_by_reason', {}) or 'none'}")
+                 "slop lines")
+    dropped = s.get("documents_dropped") or {}
+    lines.append(f"dropped {sum(dropped.values()):,} documents" + (": " if dropped else "") +
+                 ", ".join(f"{n:,} {check}" for check, n in dropped.items()) +
+                 (" (per file in ingest_report.json: files[].dropped)" if dropped else ""))
     return "\n".join(lines)
 
 
