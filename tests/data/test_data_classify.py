@@ -2,14 +2,13 @@
 
 import json
 from collections import Counter
-from pathlib import Path
 
 import pytest
 import torch
 
 from lmforge.data.classify import ClassifyBatches, balance, class_weights, load_labelled, stratified_split
+from tests.testdata import SMS_SPAM
 
-SMS_FILE = Path("/work/shared/datasets/sms-spam-collection/SMSSpamCollection")
 SMS_SAMPLE = (
     "ham\tGo until jurong point, crazy.. Available only in bugis\n"
     "ham\tOk lar... Joking wif u oni...\n"
@@ -54,9 +53,8 @@ def test_a_named_column_that_is_missing_is_reported(tmp_path):
         load_labelled(tmp_path / "data.tsv", label_field="category")
 
 
-@pytest.mark.skipif(not SMS_FILE.is_file(), reason=f"{SMS_FILE} is not present")
 def test_the_real_sms_spam_collection_has_two_classes_and_about_13_percent_spam():
-    data = load_labelled(SMS_FILE)
+    data = load_labelled(SMS_SPAM)
     assert len(data.texts) == 5574 and data.classes == ["ham", "spam"]
     assert data.labels.count("spam") / len(data.labels) == pytest.approx(0.134, abs=0.005)
 

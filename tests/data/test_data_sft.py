@@ -2,6 +2,7 @@
 
 import json
 import string
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -12,8 +13,8 @@ from lmforge.data.sft import IGNORE_INDEX, SFTBatches, SFTExample, drop_unfinish
     packed_attention_mask, packed_positions, preflight, render_inspection, split_examples, tokenize_conversation
 from lmforge.data.templates import CHATML, PLAIN, RAW
 from lmforge.tokenizer.char import CharTokenizer
+from tests.testdata import INSTRUCTION_DATA
 
-ALPACA_FILE = Path("/work/shared/datasets/alpaca-subset/alpaca_5000.json")
 TOKENIZER = CharTokenizer(sorted(set(string.printable)))  # one token per character: easy to count
 EOT = TOKENIZER.eot_id
 
@@ -85,11 +86,19 @@ def test_an_unknown_speaker_and_a_broken_line_are_reported(tmp_path):
         load_sft_examples(tmp_path / "broken.jsonl")
 
 
-@pytest.mark.skipif(not ALPACA_FILE.is_file(), reason=f"{ALPACA_FILE} is not present")
-def test_the_real_alpaca_subset_loads_as_alpaca():
-    conversations = load_sft_examples(ALPACA_FILE)
-    assert len(conversations) == 5000
+def test_real_alpaca_style_instruction_data_loads_as_alpaca():
+    records = json.loads(INSTRUCTION_DATA.read_text(encoding="utf-8"))
+    assert len(records) == 1100 and all(record.keys() == {"instruction", "input", "output"} for record in records)
+    conversations = load_sft_examples(INSTRUCTION_DATA)
+    assert len(conversations) == 1100
     assert all(c[0]["role"] == "user" and c[-1]["role"] == "assistant" for c in conversations)
+    # An empty "input" adds no message: 775 records are instruction + answer, 325 also carry an input.
+    assert Counter(tuple(m["role"] for m in c) for c in conversations) == {
+        ("user", "assistant"): 775, ("user", "input", "assistant"): 325}
+    first = conversations[0]
+    assert first[0]["content"] == "Evaluate the following phrase by transforming it into the spelling given."
+    assert first[1]["content"] == "freind --> friend"
+    assert first[2]["content"].startswith('The spelling of the given phrase "freind" is incorrect')
 
 
 # --- Tokenising and masking ---

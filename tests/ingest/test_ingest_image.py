@@ -9,8 +9,8 @@ from lmforge.ingest.readers.image import read_image
 from lmforge.ingest.readers.ocr import _tidy, tesseract_available
 from lmforge.ingest.record import Record, ReaderOptions, SkipFile
 from tests.ingest.pdf_helpers import text_image
+from tests.testdata import SAMPLE_DOCS as SAMPLES
 
-SAMPLES = Path("/work/shared/datasets/sample-docs")
 needs_tesseract = pytest.mark.skipif(not tesseract_available(), reason="tesseract is not installed")
 
 LINES = ["Quarterly report for the bakery", "Bread sales rose by twelve percent"]
@@ -99,8 +99,6 @@ def test_ocr_noise_lines_are_dropped():
 @needs_tesseract
 def test_real_scan_phototest():
     path = SAMPLES / "ocr" / "phototest.png"
-    if not path.exists():
-        pytest.skip("sample documents are not available")
     record = read_one(path)
     assert record.text.startswith("This is a lot of 12 point text to test the\nocr code")
     assert " ".join(record.text.split()).count("The quick brown dog jumped over the lazy fox.") == 4

@@ -10,8 +10,8 @@ from lmforge.ingest.readers.ocr import tesseract_available
 from lmforge.ingest.readers.pdf import _clean, read_pdf
 from lmforge.ingest.record import Record, ReaderOptions, SkipFile
 from tests.ingest.pdf_helpers import text_image, write_pdf
+from tests.testdata import SAMPLE_DOCS as SAMPLES
 
-SAMPLES = Path("/work/shared/datasets/sample-docs")
 needs_tesseract = pytest.mark.skipif(not tesseract_available(), reason="tesseract is not installed")
 
 PAGE_1 = ["The committee met on Tuesday to review the budget.", "Everyone agreed that the roof must be repaired."]
@@ -103,8 +103,6 @@ def test_soft_hyphens_and_ligatures_are_undone():
     ("pdf/multicolumn.pdf", "Lorem ipsum dolor sit amet, consectetuer adipiscing elit."),
 ])
 def test_real_born_digital_pdfs(name, expected):
-    if not (SAMPLES / name).exists():
-        pytest.skip("sample documents are not available")
     record = read_one(SAMPLES / name)
     assert expected in record.text
     assert "\ufffe" not in record.text and "\r" not in record.text
@@ -112,8 +110,6 @@ def test_real_born_digital_pdfs(name, expected):
 
 @needs_tesseract
 def test_real_scanned_pdf():
-    if not (SAMPLES / "ocr/c02-22.pdf").exists():
-        pytest.skip("sample documents are not available")
     record = read_one(SAMPLES / "ocr/c02-22.pdf")
     assert "went tip-toeing along a path amongst" in record.text
     assert "the branches wouldn’t scrape our heads" in record.text

@@ -12,6 +12,7 @@ import pytest
 
 from lmforge.ingest.config import IngestConfig
 from lmforge.ingest.pipeline import ingest, prune_cache
+from tests.testdata import SAMPLE_DOCS
 
 ARTICLE = ("Tidal pools are shallow basins of seawater left behind when the ocean retreats at low tide. "
            "They shelter anemones, crabs and small fish that must survive heat, wind and changing salinity "
@@ -150,12 +151,9 @@ def test_nothing_kept_is_an_error_with_the_report_written(tmp_path):
 
 
 def test_real_sample_documents(tmp_path):
-    samples = Path(__file__).resolve().parents[2].parent / "shared" / "datasets" / "sample-docs"
-    if not samples.is_dir():
-        pytest.skip("shared/datasets/sample-docs is not present")
     if shutil.which("tesseract") is None:
         pytest.skip("tesseract is not installed")
-    report = ingest([samples], tmp_path / "out", IngestConfig(workers=2, cache_dir=str(tmp_path / "cache")),
+    report = ingest([SAMPLE_DOCS], tmp_path / "out", IngestConfig(workers=2, cache_dir=str(tmp_path / "cache")),
                     quiet=True)
     formats = {f["format"] for f in report["files"] if f["status"] == "ok"}
     assert {"pdf", "image", "html", "csv", "sql"} <= formats, report["summary"]

@@ -7,8 +7,9 @@ import pytest
 
 from lmforge.ingest.readers.sql import looks_like_words, read_sql_dump, read_sqlite
 from lmforge.ingest.record import ReaderOptions, SkipFile
+from tests.testdata import SAMPLE_DOCS
 
-CHINOOK_DUMP = Path("/work/shared/datasets/sample-docs/sql/Chinook_Sqlite.sql")
+CHINOOK_DUMP = SAMPLE_DOCS / "sql" / "Chinook_Sqlite.sql"
 
 DUMP = r"""
 -- A comment with a quote ' and a semicolon ; that must not confuse the tokenizer
@@ -99,8 +100,6 @@ def test_text_fields_pick_columns_of_a_dump(tmp_path):
 
 
 def test_text_fields_in_the_real_chinook_dump():
-    if not CHINOOK_DUMP.exists():
-        pytest.skip(f"sample file not available: {CHINOOK_DUMP}")
     records = list(read_sql_dump(CHINOOK_DUMP, ReaderOptions(text_fields=["Composer"])))
     assert {record.meta["table"] for record in records} == {"Track"}
     assert "Angus Young, Malcolm Young, Brian Johnson" in texts(records)
@@ -114,8 +113,6 @@ def test_dump_ending_inside_a_string_fails_clearly(tmp_path):
 
 
 def test_real_chinook_dump():
-    if not CHINOOK_DUMP.exists():
-        pytest.skip(f"sample file not available: {CHINOOK_DUMP}")
     records = list(read_sql_dump(CHINOOK_DUMP, ReaderOptions()))
     assert len(records) > 4000
     assert {"Album", "Artist", "Track", "Genre"} <= {record.meta["table"] for record in records}
@@ -153,8 +150,6 @@ def test_corrupt_database_fails_clearly(tmp_path, content):
 
 
 def test_real_chinook_database(tmp_path):
-    if not CHINOOK_DUMP.exists():
-        pytest.skip(f"sample file not available: {CHINOOK_DUMP}")
     path = tmp_path / "chinook.sqlite3"
     connection = sqlite3.connect(path)
     connection.executescript(CHINOOK_DUMP.read_text(encoding="utf-8"))

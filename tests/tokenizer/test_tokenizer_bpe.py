@@ -1,15 +1,13 @@
 """Tests for training a byte-level BPE tokenizer."""
 
-from pathlib import Path
-
 import pytest
 import tokenizers
 
 from lmforge.tokenizer.base import EOT, read_meta
 from lmforge.tokenizer.bpe import MIN_VOCAB_SIZE, train_bpe
 from lmforge.tokenizer.hf import HFTokenizer
+from tests.testdata import SHAKESPEARE
 
-SHAKESPEARE = Path("/work/shared/datasets/tinyshakespeare/input.txt")
 
 # Emoji, combining marks, control characters, CRLF, scripts absent from the training text.
 UNUSUAL_TEXT = "héllo 😀👍🏽 e\u0301 \x00\x01\x7f\t\r\n 中文 русский ‮ \ufeff  trailing  "
@@ -17,8 +15,6 @@ UNUSUAL_TEXT = "héllo 😀👍🏽 e\u0301 \x00\x01\x7f\t\r\n 中文 русск
 
 @pytest.fixture(scope="module")
 def corpus() -> list[str]:
-    if not SHAKESPEARE.is_file():
-        pytest.skip("tiny shakespeare is not available")
     text = SHAKESPEARE.read_text(encoding="utf-8")[:300_000]
     return text.split("\n\n")
 

@@ -1,19 +1,15 @@
 """Tests for the character-level tokenizer."""
 
-from pathlib import Path
-
 import pytest
 
 from lmforge.tokenizer.base import EOT, META_FILENAME, read_meta
 from lmforge.tokenizer.char import REPLACEMENT_CHARACTER, UNK, CharTokenizer
+from tests.testdata import SHAKESPEARE
 
-SHAKESPEARE = Path("/work/shared/datasets/tinyshakespeare/input.txt")
 
 
 @pytest.fixture(scope="module")
 def shakespeare() -> str:
-    if not SHAKESPEARE.is_file():
-        pytest.skip("tiny shakespeare is not available")
     return SHAKESPEARE.read_text(encoding="utf-8")
 
 

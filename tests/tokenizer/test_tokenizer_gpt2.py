@@ -1,14 +1,12 @@
 """Tests for GPT-2's tokenizer built offline from the bundled vocabulary."""
 
-from pathlib import Path
-
 import pytest
 
 from lmforge.tokenizer.base import EOT, read_meta
 from lmforge.tokenizer.gpt2 import ASSETS_DIR, GPT2Tokenizer
 from lmforge.tokenizer.hf import load_hf_tokenizer
+from tests.testdata import SHAKESPEARE
 
-SHAKESPEARE = Path("/work/shared/datasets/tinyshakespeare/input.txt")
 CHECK_TEXT = "Hello world, I HAD always thought Jack Gisburn"
 CHECK_IDS = [15496, 995, 11, 314, 367, 2885, 1464, 1807, 3619, 402, 271, 10899]
 
@@ -43,8 +41,6 @@ def test_end_of_text_string_in_text_is_not_the_special_token(gpt2):
 
 
 def test_tiny_shakespeare_token_count(gpt2):
-    if not SHAKESPEARE.is_file():
-        pytest.skip("tiny shakespeare is not available")
     assert len(gpt2.encode(SHAKESPEARE.read_text(encoding="utf-8"))) == 338_025
 
 

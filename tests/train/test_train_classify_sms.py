@@ -1,8 +1,5 @@
 """Classification fine-tuning on real data: SMS spam, from a small model trained in the test."""
 
-from pathlib import Path
-
-import pytest
 import torch
 
 from lmforge.config.run import load_run_config
@@ -13,14 +10,13 @@ from lmforge.model.gpt import GPT
 from lmforge.tokenizer.factory import build_tokenizer
 from lmforge.train.checkpoint import save_checkpoint
 from lmforge.train.finetune import run_finetuning
+from tests.testdata import SMS_SPAM
 
-SMS = Path(__file__).resolve().parents[3] / "shared" / "datasets" / "sms-spam-collection" / "SMSSpamCollection"
-pytestmark = pytest.mark.skipif(not SMS.is_file(), reason=f"{SMS} is not here")
 
 
 def test_sms_spam_reaches_95_percent_accuracy(tmp_path):
     torch.set_num_threads(2)
-    texts, labels, _ = load_labelled(SMS)
+    texts, labels, _ = load_labelled(SMS_SPAM)
     subset = tmp_path / "sms.tsv"  # every 3rd message: 1,858 texts, the same 13% spam
     subset.write_text("".join(f"{labels[i]}\t{texts[i]}\n" for i in range(0, len(texts), 3)))
     tokenizer = build_tokenizer("bpe", texts=lambda: texts[1::3], vocab_size=512)
