@@ -52,7 +52,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # run as a script: ben
 from contention import cpu_snapshot, others_cpu  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-TEXT = Path("/work/shared/datasets/tinyshakespeare/input.txt")
+TEXT = ROOT / "testdata" / "tinyshakespeare" / "input.txt"
 TARGET_VAL_LOSS = 1.70
 NANOGPT_README_VAL = 1.88
 # nanoGPT's CPU recipe (config/train_shakespeare_char.py + the README's CPU command line).

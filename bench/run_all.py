@@ -53,6 +53,15 @@ BENCHMARKS = {
 BUSY_CPU = 0.2  # cores other processes kept busy, on average, above which a benchmark is flagged
 
 
+def shown_path(path: Path) -> str:
+    """`path` as written into the summary: relative to the repository when inside it, so no machine's
+    absolute paths end up in committed results."""
+    try:
+        return Path(path).resolve().relative_to(ROOT).as_posix()
+    except ValueError:
+        return str(path)
+
+
 def reuse_one(name: str, results_dir: Path) -> dict:
     """A benchmark not run now: its targets are read from the result file an earlier run left."""
     script, writes_json, _ = BENCHMARKS[name]
@@ -61,7 +70,7 @@ def reuse_one(name: str, results_dir: Path) -> dict:
         raise SystemExit(f"--reuse {name}: {out_file} does not exist; run the benchmark first")
     entry = {"name": name, "command": f"(not run: {out_file.name} of an earlier run of {script})", "returncode": 0,
              "seconds": 0.0, "load_average_before_after": None, "others_cpu": None, "reused": True,
-             "result_file": str(out_file), "targets": [], "stdout": ""}
+             "result_file": shown_path(out_file), "targets": [], "stdout": ""}
     if writes_json:
         data = json.loads(out_file.read_text())
         entry["targets"] = [normalise_target(t) for t in data.get("targets", [])]
@@ -102,7 +111,7 @@ def run_one(name: str, results_dir: Path, quick: bool) -> dict:
              "returncode": proc.returncode, "seconds": time.perf_counter() - start,
              "load_average_before_after": [load_before, os.getloadavg()[0]], "others_cpu": contention,
              "stdout": proc.stdout,
-             "result_file": str(out_file), "targets": []}
+             "result_file": shown_path(out_file), "targets": []}
     if proc.returncode != 0:
         entry["error"] = proc.stderr[-4000:]
         print(f"   failed ({proc.returncode}); see summary.json", file=sys.stderr)

@@ -94,7 +94,7 @@ from contention import cpu_snapshot, others_cpu, wait_for_quiet  # noqa: E402
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-TEXT = Path("/work/shared/datasets/tinyshakespeare/input.txt")
+TEXT = ROOT / "testdata" / "tinyshakespeare" / "input.txt"
 BENCH_VENV = ROOT / ".venv-bench"
 LOSS_STEPS, LOSS_RTOL = 5, 1e-4
 QUIET_CPU = 0.15  # cores other processes may keep busy during a measurement before it is redone
