@@ -13,14 +13,14 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# Each pattern is written so that this file's own source does not match it.
+# Each pattern (and its name) is written so that this file's own source does not match it.
 FORBIDDEN = {
-    "a path under /work": re.compile(r"(?<![\w.~-])/wor[k]/"),
-    "a path under /farm": re.compile(r"(?<![\w.~-])/far[m]/"),
-    "a home folder (/home/NAME/)": re.compile(r"(?<![\w.~-])/hom[e]/[\w.-]+/"),
-    "a macOS home folder (/Users/NAME/)": re.compile(r"(?<![\w.~-])/User[s]/[\w.-]+/"),
-    "root's home folder (/root/)": re.compile(r"(?<![\w.~-])/roo[t]/"),
-    "a Windows home folder (C:\\Users)": re.compile(r"\b[A-Za-z]:(?:\\\\|\\|/)User[s]\b"),
+    "a path under the work folder": re.compile(r"(?<![\w.~-])/wor[k]/"),
+    "a path under the farm folder": re.compile(r"(?<![\w.~-])/far[m]/"),
+    "a Linux home folder": re.compile(r"(?<![\w.~-])/hom[e]/[\w.-]+/"),
+    "a macOS home folder": re.compile(r"(?<![\w.~-])/User[s]/[\w.-]+/"),
+    "root's home folder": re.compile(r"(?<![\w.~-])/roo[t]/"),
+    "a Windows home folder": re.compile(r"\b[A-Za-z]:(?:\\\\|\\|/)User[s]\b"),
     "a shared folder next to the repository": re.compile(r"\.\./share[d]\b"),
     "the shared datasets folder": re.compile(r"""share[d]/datasets|["']share[d]["']\s*/\s*["']datasets["']"""),
 }
