@@ -145,5 +145,6 @@ def test_one_process_checkpoint_resumes_on_two_ranks(runs):
 
 def test_ranks_agree_on_the_clock_so_a_time_limit_stops_them_together(runs):
     first, second = rank_results(runs / "timed")
-    assert first["stop_reason"] == second["stop_reason"] == "max_time reached"
+    assert first["stop_reason"] == second["stop_reason"]
+    assert first["stop_reason"].startswith("max_time reached")
     assert first["steps"] == second["steps"] > 0

@@ -19,7 +19,7 @@ from lmforge.train.objectives import lm_loss_sum
 BLOCK = 32
 
 
-def make_trainer(data_dir, run_dir, loss_fn=lm_loss_sum, dropout=0.0, **train):
+def make_trainer(data_dir, run_dir, loss_fn=lm_loss_sum, dropout=0.0, setup_seconds=0.0, **train):
     tokenizer = load_tokenizer(data_dir)
     torch.manual_seed(0)
     model = GPT(ModelConfig(n_layer=2, n_head=2, n_embd=32, block_size=BLOCK, vocab_size=tokenizer.vocab_size,
@@ -29,7 +29,8 @@ def make_trainer(data_dir, run_dir, loss_fn=lm_loss_sum, dropout=0.0, **train):
                                 save_interval=10, resume="never", seed=0), **train})
     batches = TokenBatches(data_dir, "train", BLOCK, cfg.batch_size, seed=cfg.seed)
     val = TokenBatches(data_dir, "val", BLOCK, cfg.batch_size, seed=cfg.seed)
-    return Trainer(model, tokenizer, batches, val, cfg, run_dir, torch.device("cpu"), "fp32", loss_fn)
+    return Trainer(model, tokenizer, batches, val, cfg, run_dir, torch.device("cpu"), "fp32", loss_fn,
+                   setup_seconds=setup_seconds)
 
 
 def metrics(run_dir):
@@ -116,10 +117,88 @@ def test_epochs_stop_the_run_and_set_the_schedule_length(tiny_data, tmp_path):
     assert result.stop_reason == "epochs reached" and result.steps == per_epoch
 
 
-def test_max_time_stops_the_run(tiny_data, tmp_path):
-    result = make_trainer(tiny_data, tmp_path / "run", max_steps=None, max_time=1.0).fit()
-    assert result.stop_reason == "max_time reached"
-    assert 1.0 <= result.elapsed < 10.0
+class FakeClock:
+    """The loop's clock, advanced only by the loss functions below: time budgets become exact arithmetic."""
+
+    def __init__(self, monkeypatch):
+        import types
+
+        import lmforge.train.loop as loop_module
+        self.now = 0.0
+        monkeypatch.setattr(loop_module, "time", types.SimpleNamespace(perf_counter=lambda: self.now))
+
+    def loss_costing(self, train_seconds, eval_seconds):
+        """A loss function whose training micro-batches take `train_seconds(step)` and eval batches `eval_seconds`."""
+        def loss_fn(model, x, y):
+            self.now += train_seconds() if model.training else eval_seconds
+            return lm_loss_sum(model, x, y)
+        return loss_fn
+
+
+def test_a_time_budget_becomes_a_fitted_step_count_that_ends_inside_it_at_min_lr(tiny_data, tmp_path, monkeypatch):
+    from lmforge.train.budget import estimate_save_seconds
+
+    clock = FakeClock(monkeypatch)
+    run = tmp_path / "run"
+    trainer = make_trainer(tiny_data, run, clock.loss_costing(lambda: 0.02, 0.01), max_steps=None, max_time=8.0,
+                           min_lr=1e-4, setup_seconds=0.5)
+    result = trainer.fit()
+    # By hand: speed is measured from the end of step 1 (0.5 s setup + 0.02) to the end of step 11 (10 more
+    # steps + the step-10 evaluation of 4 batches: 0.76 s), 0.024 s/step; the fit at step 11 times one more
+    # evaluation (0.04 s); plots, samples (off) and the report take no fake time; checkpoints are estimated.
+    save = estimate_save_seconds(sum(p.numel() for p in trainer.model.parameters()))
+    remaining = 8.0 * 0.97 - 0.76 - (0.04 + save)
+    expected = 11 + int(remaining // (0.024 + 0.04 / 10 + save / 10))
+    assert trainer.state.fitted_steps == expected == result.steps == trainer.total_steps
+    assert result.stop_reason == f"max_time reached: the {expected} steps fitted to the 8 s budget are done"
+    assert result.elapsed <= 8.0 * 0.97  # the checkpoint estimate is real time, spent outside the fake clock
+    m = metrics(run)
+    assert m["learning_rate"][-1] == pytest.approx(1e-4)  # the last step trained at min_lr
+    assert json.loads((run / "last" / "meta.json").read_text())["step"] == expected
+
+
+def test_a_fitted_time_budget_is_kept_on_resume_and_the_schedule_follows_it(tiny_data, tmp_path, monkeypatch):
+    from lmforge.train.optim import decay_progress, lr_at
+
+    clock = FakeClock(monkeypatch)
+    timed = clock.loss_costing(lambda: 0.02, 0.01)
+    calls = {"n": 0}
+
+    def interrupt_at_step_15(model, x, y):  # after the fit (at step 11), before the end
+        calls["n"] += model.training
+        if model.training and calls["n"] == 15:
+            os.kill(os.getpid(), signal.SIGINT)
+        return timed(model, x, y)
+
+    run = tmp_path / "run"
+    first = make_trainer(tiny_data, run, interrupt_at_step_15, max_steps=None, max_time=8.0, save_interval=5)
+    assert first.fit().steps == 15
+    fitted = first.state.fitted_steps
+    assert fitted > 15
+    # The resumed session trains to the saved step count: it does not fit again.
+    second = make_trainer(tiny_data, run, timed, max_steps=None, max_time=8.0, save_interval=5, resume="auto")
+    assert second.state.fitted_steps == fitted and second.total_steps == fitted
+    assert second.fit().steps == fitted
+    m = metrics(run)
+    cfg = second.cfg
+    assert m["steps"] == list(range(1, fitted + 1))
+    # Step N logs the learning rate of step index N-1. Up to the fit (step 11) the length is unknown and the
+    # decay has not started; from then on the schedule is the fitted step count's.
+    for step, lr in zip(m["steps"], m["learning_rate"]):
+        progress = decay_progress(step - 1, fitted, cfg.warmup_steps) if step > 11 else 0.0
+        assert lr == pytest.approx(lr_at(step - 1, cfg, progress), rel=1e-12)
+    assert m["learning_rate"][-1] == pytest.approx(cfg.min_lr)
+
+
+def test_max_time_is_also_a_hard_stop_when_the_run_slows_down_after_the_fit(tiny_data, tmp_path, monkeypatch):
+    clock = FakeClock(monkeypatch)
+    trainer = make_trainer(tiny_data, tmp_path / "run", max_steps=None, max_time=4.0)
+    # 0.05 s per step until the fit at step 11, then 0.3 s: the plan of ~60 steps no longer fits.
+    trainer.loss_fn = clock.loss_costing(lambda: 0.05 if trainer.state.step < 11 else 0.3, 0.01)
+    result = trainer.fit()
+    assert result.stop_reason == f"max_time reached at step {result.steps} of the {trainer.state.fitted_steps} " \
+                                 f"fitted (the run slowed down)"
+    assert 4.0 <= result.elapsed < 4.0 + 0.3 + 0.04
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tiny_data, tmp_path):

@@ -14,7 +14,10 @@ class TrainConfig:
     # ---- how long
     max_steps: int | None = field(default=1000, metadata={"help": "stop after this many optimizer steps"})
     epochs: float | None = field(default=None, metadata={"help": "stop after this many passes over the training data"})
-    max_time: float | None = field(default=None, metadata={"help": "stop after this many seconds of training"})
+    max_time: float | None = field(default=None, metadata={
+        "help": "wall-clock budget in seconds for the whole run (data preparation, training, final evaluation, "
+                "samples and checkpoint): the first steps are timed and the run's step count is fitted to it, "
+                "so the learning-rate schedule ends at min_lr when the time is up"})
     # ---- batch
     batch_size: int = field(default=16, metadata={"help": "sequences per micro-batch"})
     grad_accum_steps: int = field(default=1, metadata={"help": "micro-batches summed into one optimizer step"})

@@ -11,6 +11,7 @@ The loop is the one pretraining uses (train/loop.py). Fine-tuning only chooses:
 from __future__ import annotations
 
 import random
+import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -74,6 +75,7 @@ def run_finetuning(model_cfg: ModelConfig, data_cfg: DataConfig, train_cfg: Trai
 def _finetune(model_cfg: ModelConfig, data_cfg: DataConfig, train_cfg: TrainConfig, ft: FinetuneConfig,
               ingest_cfg: IngestConfig | None, config_yaml: str | None, dist_cfg: DistConfig, env: DistEnv,
               device: torch.device) -> tuple[TrainResult, TaskSetup]:
+    started = time.perf_counter()  # train.max_time budgets the whole run, data preparation included
     random.seed(train_cfg.seed)
     torch.manual_seed(train_cfg.seed)
     base_dir = Path(model_cfg.init_from).expanduser().resolve()
@@ -109,7 +111,8 @@ def _finetune(model_cfg: ModelConfig, data_cfg: DataConfig, train_cfg: TrainConf
     if env.is_distributed:
         print(describe_parallelism(train_cfg, env, strategy, model.config.block_size))
     trainer = Trainer(setup.model, tokenizer, setup.train_batches, setup.val_batches, train_cfg, run_dir, device,
-                      precision, setup.loss_fn, setup.files, env=env, strategy=strategy)
+                      precision, setup.loss_fn, setup.files, env=env, strategy=strategy,
+                      setup_seconds=time.perf_counter() - started)
     return trainer.fit(), setup
 
 

@@ -39,9 +39,10 @@ from ..utils.device import autocast
 from ..utils.malloc import keep_freed_memory
 from . import checkpoint as ckpt
 from .config import TrainConfig
+from .budget import PeriodicWork, StepClock, estimate_save_seconds, fit_total_steps
+from .compile import maybe_compile
 from .diagnose import write_diagnosis
 from .metrics import MetricsLog
-from .compile import maybe_compile
 from .objectives import count_targets, lm_loss_sum
 from .optim import build_optimizer, decay_progress, lr_at
 from .plots import write_plots
@@ -94,11 +95,14 @@ class Trainer:
     lmforge.distributed.wrap) how the model is shared; `train_batches` must already be this rank's share of the
     data. batch_size and grad_accum_steps are per rank: one optimizer step reads
     batch_size x grad_accum_steps x world_size sequences (`global_batch`).
+
+    `setup_seconds` is the time the run spent before training (reading and tokenizing data, building the
+    model): a fresh run counts it against train.max_time, which budgets the whole run.
     """
 
     def __init__(self, model, tokenizer, train_batches, val_batches, cfg: TrainConfig, run_dir: str | Path,
                  device: torch.device, precision: str, loss_fn=lm_loss_sum, model_files=None,
-                 env: DistEnv | None = None, strategy: str = "none"):
+                 env: DistEnv | None = None, strategy: str = "none", setup_seconds: float = 0.0):
         self.model, self.tokenizer, self.cfg = model, tokenizer, cfg
         self.train_batches, self.val_batches = train_batches, val_batches
         self.env, self.strategy = env or DistEnv(), strategy
@@ -127,21 +131,24 @@ class Trainer:
         self.optimizer = build_optimizer(model, cfg, device)
         # fp16 has a narrow range: scale the loss up so small gradients do not flush to zero.
         self.scaler = grad_scaler(device, precision == "fp16", strategy)
-        self.state = TrainState()
-        self.total_steps = self._total_steps()
+        self.state = TrainState(elapsed=setup_seconds)
         self.last_train_loss: float | None = None
         self.last_val_loss: float | None = None
         self._agreed_signal: str | None = None  # distributed runs: a stop signal that every rank now knows of
         self.resumed_from = self._resume_training_state(resume_path)
+        self.total_steps = self._total_steps()
         self.metrics = self._open_metrics() if self.env.is_main else None
 
     # ---- setup ---------------------------------------------------------------------------------
     def _total_steps(self) -> int | None:
-        """Length of the run in optimizer steps when known (it sets the LR schedule's horizon)."""
+        """Length of the run in optimizer steps when known (it sets the LR schedule's horizon).
+
+        A max_time budget becomes a step count once its first steps are timed (`_fit_to_time_budget`).
+        """
         by_epochs = None
         if self.cfg.epochs is not None:
             by_epochs = math.ceil(self.cfg.epochs * self.train_batches.batches_per_epoch / self.cfg.grad_accum_steps)
-        known = [n for n in (self.cfg.max_steps, by_epochs) if n is not None]
+        known = [n for n in (self.cfg.max_steps, by_epochs, self.state.fitted_steps) if n is not None]
         return min(known) if known else None
 
     def _resume_path(self) -> Path | None:
@@ -196,7 +203,7 @@ class Trainer:
         In a distributed run every rank does this on its own micro-batches; the returned loss is this rank's share.
         """
         cfg, state = self.cfg, self.state
-        progress = decay_progress(state.step, self.total_steps, cfg.warmup_steps, state.elapsed, cfg.max_time)
+        progress = decay_progress(state.step, self.total_steps, cfg.warmup_steps)
         lr = lr_at(state.step, cfg, progress)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
@@ -337,8 +344,11 @@ class Trainer:
             return "max_steps reached"
         if cfg.epochs is not None and self.train_batches.epoch_progress >= cfg.epochs:
             return "epochs reached"
+        if s.fitted_steps is not None and s.step >= s.fitted_steps:
+            return f"max_time reached: the {s.fitted_steps} steps fitted to the {cfg.max_time:g} s budget are done"
         if cfg.max_time is not None and s.elapsed >= cfg.max_time:
-            return "max_time reached"
+            return "max_time reached" + (f" at step {s.step} of the {s.fitted_steps} fitted (the run slowed down)"
+                                         if s.fitted_steps is not None else "")
         if cfg.early_stopping_patience is not None and s.evals_since_best >= cfg.early_stopping_patience:
             return f"early stopping (no better val loss in {cfg.early_stopping_patience} evaluations)"
         return None
@@ -351,6 +361,7 @@ class Trainer:
         window_loss, window_steps = torch.zeros((), device=self.device), 0
         window_start, window_tokens = time.perf_counter(), s.tokens_seen
         session_start, elapsed_before = time.perf_counter(), s.elapsed
+        clock = StepClock() if cfg.max_time is not None and s.fitted_steps is None else None
         with StopRequested(announce=self.env.is_main) as stop:
             stop_reason = self._stop_reason(stop)
             if stop_reason is not None and self.env.is_main:  # a resumed run that had already finished
@@ -361,9 +372,13 @@ class Trainer:
                 window_steps += 1
                 s.elapsed = elapsed_before + time.perf_counter() - session_start  # wall time, evals included
                 self._agree_across_ranks(stop)
+                fit_now = clock is not None and clock.ready_to_fit(s.step, s.elapsed, cfg.max_time)
+                if clock is not None:
+                    clock.observe(s.step, s.elapsed)
                 stop_reason = self._stop_reason(stop)
                 last = stop_reason is not None
-                evaluate = s.step % cfg.eval_interval == 0 or last
+                evaluate = s.step % cfg.eval_interval == 0 or last or fit_now
+                eval_seconds = sample_seconds = 0.0
                 if s.step % cfg.log_interval == 0 or evaluate:
                     # The only host sync of a step (in one process); the ranks' shares add up to the mean loss.
                     self.last_train_loss = sum_across_ranks(window_loss).item() / window_steps
@@ -374,6 +389,7 @@ class Trainer:
                     now = time.perf_counter()
                     tokens_per_sec = (s.tokens_seen - window_tokens) / max(now - window_start, 1e-9)
                     val_loss = self.validate() if evaluate else None
+                    eval_seconds = time.perf_counter() - now
                     if val_loss is not None:
                         self.last_val_loss = val_loss
                         self._after_validation(val_loss)
@@ -383,13 +399,52 @@ class Trainer:
                     window_loss, window_steps = torch.zeros((), device=self.device), 0
                     window_start, window_tokens = time.perf_counter(), s.tokens_seen
                     stop_reason = stop_reason or self._stop_reason(stop)  # early stopping reacts to this eval
-                if cfg.sample_interval and s.step % cfg.sample_interval == 0:
+                if cfg.sample_interval and (s.step % cfg.sample_interval == 0 or fit_now):
+                    started = time.perf_counter()
                     self.write_samples()
+                    sample_seconds = time.perf_counter() - started
+                if fit_now:
+                    self._fit_to_time_budget(clock, eval_seconds, sample_seconds)
+                    clock = None
+                    bar.total = self.total_steps
+                    stop_reason = stop_reason or self._stop_reason(stop)
                 if s.step % cfg.save_interval == 0 or stop_reason:
                     self.save()
                 bar.update(1)
         bar.close()
         return self._finish(stop_reason)
+
+    def _fit_to_time_budget(self, clock: StepClock, eval_seconds: float, sample_seconds: float) -> None:
+        """Turn train.max_time into the run's length in steps, once (see budget.py): from the measured speed
+        of the steps so far, one evaluation and one sample just timed, and estimates for checkpoints and
+        the final report (which is written now once, timed, and rewritten at the end)."""
+        cfg, s = self.cfg, self.state
+        report_seconds = 0.0
+        if self.env.is_main:
+            started = time.perf_counter()
+            self._write_report()
+            report_seconds = time.perf_counter() - started
+        work = PeriodicWork(eval_seconds=eval_seconds, eval_interval=cfg.eval_interval,
+                            sample_seconds=sample_seconds, sample_interval=cfg.sample_interval,
+                            save_seconds=estimate_save_seconds(sum(p.numel() for p in self.model.parameters())),
+                            save_interval=cfg.save_interval, report_seconds=report_seconds)
+        seconds_per_step = clock.seconds_per_step(s.step, s.elapsed)
+        fitted = fit_total_steps(s.step, s.elapsed, cfg.max_time, seconds_per_step, work)
+        if self.env.is_distributed:  # the ranks timed different things; all take the shortest plan
+            fitted = -int(max_across_ranks(torch.tensor([-fitted], dtype=torch.float64, device=self.device)).item())
+        s.fitted_steps = fitted
+        self.total_steps = self._total_steps()
+        if self.env.is_main:
+            tqdm.write(f"time budget: {seconds_per_step * 1000:.0f} ms/step measured over "
+                       f"{clock.measured_steps(s.step)} steps; {cfg.max_time:g} s fit {fitted} steps "
+                       f"(evaluations, samples, checkpoints and the final report included); "
+                       f"the learning rate decays to min_lr at the last one")
+
+    def _write_report(self) -> str:
+        """Plots and diagnosis.txt from the metrics so far (rank 0); returns the diagnosis verdict."""
+        metrics = self.metrics.to_dict()
+        write_plots(self.run_dir, metrics)
+        return write_diagnosis(self.run_dir, metrics).verdict
 
     def _log(self, val_loss: float | None, tokens_per_sec: float | None) -> None:
         if self.metrics is None:  # not rank 0
@@ -406,9 +461,7 @@ class Trainer:
         verdict = ""
         if self.env.is_main:
             self.metrics.close()
-            metrics = self.metrics.to_dict()
-            write_plots(self.run_dir, metrics)
-            verdict = write_diagnosis(self.run_dir, metrics).verdict
+            verdict = self._write_report()
         barrier()  # no rank returns before rank 0 has written everything (what comes next may read it)
         s = self.state
         return TrainResult(run_dir=self.run_dir, steps=s.step, stop_reason=stop_reason,

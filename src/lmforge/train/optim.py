@@ -79,11 +79,10 @@ def lr_at(step: int, cfg: TrainConfig, progress: float) -> float:
     return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1.0 + math.cos(math.pi * progress))
 
 
-def decay_progress(step: int, total_steps: int | None, warmup_steps: int,
-                   elapsed: float, max_time: float | None) -> float:
-    """How far through the decay phase we are: by steps when the length is known, else by time."""
-    if total_steps is not None:
-        return (step - warmup_steps) / max(1, total_steps - warmup_steps)
-    if max_time:
-        return elapsed / max_time
-    return 0.0
+def decay_progress(step: int, total_steps: int | None, warmup_steps: int) -> float:
+    """How far through the decay phase step `step` (0-based) is: 0 at the first step after warmup, 1 at
+    the last step of the run, so the last step trains at min_lr. 0 while the length is not yet known
+    (a time-budgeted run before its length is fitted, see budget.py)."""
+    if total_steps is None:
+        return 0.0
+    return (step - warmup_steps) / max(1, total_steps - 1 - warmup_steps)

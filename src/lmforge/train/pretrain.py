@@ -8,6 +8,7 @@ then find it cached), each rank reads its own share of the batches, and only ran
 from __future__ import annotations
 
 import random
+import time
 from pathlib import Path
 
 import torch
@@ -67,6 +68,7 @@ def run_pretraining(model_cfg: ModelConfig, data_cfg: DataConfig, train_cfg: Tra
 
 def _pretrain(model_cfg: ModelConfig, data_cfg: DataConfig, train_cfg: TrainConfig, ingest_cfg: IngestConfig | None,
               config_yaml: str | None, dist_cfg: DistConfig, env: DistEnv, device: torch.device) -> TrainResult:
+    started = time.perf_counter()  # train.max_time budgets the whole run, data preparation included
     random.seed(train_cfg.seed)
     torch.manual_seed(train_cfg.seed)
     resolve_precision(train_cfg.precision, device, n_params=0)  # an impossible choice fails before data prep
@@ -106,7 +108,7 @@ def _pretrain(model_cfg: ModelConfig, data_cfg: DataConfig, train_cfg: TrainConf
     if env.is_distributed:
         print(describe_parallelism(train_cfg, env, strategy, block))
     trainer = Trainer(model, tokenizer, train_batches, val_batches, train_cfg, run_dir, device, precision,
-                      env=env, strategy=strategy)
+                      env=env, strategy=strategy, setup_seconds=time.perf_counter() - started)
     return trainer.fit()
 
 

@@ -13,10 +13,11 @@ import torch
 class TrainState:
     step: int = 0                     # optimizer steps done
     tokens_seen: int = 0              # training tokens consumed (all ranks)
-    elapsed: float = 0.0              # seconds of training, summed over resumed sessions
+    elapsed: float = 0.0              # seconds of the run (setup included), summed over resumed sessions
     best_val_loss: float = math.inf
     best_step: int | None = None
     evals_since_best: int = 0         # for early stopping
+    fitted_steps: int | None = None   # a max_time run's length in steps, fitted once from its measured speed
 
     def state_dict(self) -> dict:
         return asdict(self)
