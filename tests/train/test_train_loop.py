@@ -135,70 +135,97 @@ class FakeClock:
         return loss_fn
 
 
-def test_a_time_budget_becomes_a_fitted_step_count_that_ends_inside_it_at_min_lr(tiny_data, tmp_path, monkeypatch):
-    from lmforge.train.budget import estimate_save_seconds
-
+def test_a_time_budget_is_fitted_from_the_first_steps_and_used_up_ending_at_min_lr(tiny_data, tmp_path, monkeypatch):
     clock = FakeClock(monkeypatch)
     run = tmp_path / "run"
-    trainer = make_trainer(tiny_data, run, clock.loss_costing(lambda: 0.02, 0.01), max_steps=None, max_time=8.0,
-                           min_lr=1e-4, setup_seconds=0.5)
+    # 0.025 s per step, 0.04 s per evaluation (every 10 steps), 0.5 s of setup, a 10 s budget.
+    trainer = make_trainer(tiny_data, run, clock.loss_costing(lambda: 0.025, 0.01), max_steps=None, max_time=10.0,
+                           min_lr=1e-4, setup_seconds=0.5, save_interval=1000)
     result = trainer.fit()
-    # By hand: speed is measured from the end of step 1 (0.5 s setup + 0.02) to the end of step 11 (10 more
-    # steps + the step-10 evaluation of 4 batches: 0.76 s), 0.024 s/step; the fit at step 11 times one more
-    # evaluation (0.04 s); plots, samples (off) and the report take no fake time; checkpoints are estimated.
-    save = estimate_save_seconds(sum(p.numel() for p in trainer.model.parameters()))
-    remaining = 8.0 * 0.97 - 0.76 - (0.04 + save)
-    expected = 11 + int(remaining // (0.024 + 0.04 / 10 + save / 10))
-    assert trainer.state.fitted_steps == expected == result.steps == trainer.total_steps
-    assert result.stop_reason == f"max_time reached: the {expected} steps fitted to the 8 s budget are done"
-    assert result.elapsed <= 8.0 * 0.97  # the checkpoint estimate is real time, spent outside the fake clock
+    s = trainer.state
+    # By hand: speed is measured from the end of step 1; after step k that took 0.025 (k - 1) s plus 0.04 s
+    # per evaluation since: 0.49 s at step 19, 0.515 s at step 20, the first to reach 5% of the budget.
+    assert s.fitted_at == 20 and s.rechecked
+    assert result.steps == s.fitted_steps == trainer.total_steps
+    assert result.stop_reason == f"max_time reached: the {s.fitted_steps} steps fitted to the 10 s budget are done"
+    # The plan used the budget: training plus the final evaluation (0.04 s) ends inside it, less the 3%
+    # headroom, and not much earlier (the fit also reserves real seconds for the checkpoint and report, which
+    # take no time on the fake clock; the half-way check keeps a plan that is within 1%).
+    end = result.elapsed + 0.04
+    assert 10.0 * 0.97 - 0.45 <= end <= 10.0 * 0.97
     m = metrics(run)
     assert m["learning_rate"][-1] == pytest.approx(1e-4)  # the last step trained at min_lr
-    assert json.loads((run / "last" / "meta.json").read_text())["step"] == expected
+    assert json.loads((run / "last" / "meta.json").read_text())["step"] == s.fitted_steps
+
+
+def test_a_run_that_slows_down_is_replanned_half_way_and_still_ends_inside_its_budget(
+        tiny_data, tmp_path, monkeypatch):
+    clock = FakeClock(monkeypatch)
+    trainer = make_trainer(tiny_data, tmp_path / "run", max_steps=None, max_time=10.0, save_interval=1000)
+    # A laptop that throttles: 0.025 s per step until step 30, then 0.05 s.
+    trainer.loss_fn = clock.loss_costing(lambda: 0.025 if trainer.state.step < 30 else 0.05, 0.01)
+    planned = {}
+    recheck = trainer._recheck_time_budget
+
+    def remember_the_plan(step_clock):
+        planned["steps"] = trainer.state.fitted_steps
+        recheck(step_clock)
+    trainer._recheck_time_budget = remember_the_plan
+    result = trainer.fit()
+    assert trainer.state.fitted_steps < planned["steps"]  # the half-way check shortened the plan
+    assert result.stop_reason.startswith("max_time reached: the")  # ended by the plan, not the hard stop
+    assert result.elapsed + 0.04 <= 10.0
+    assert metrics(tmp_path / "run")["learning_rate"][-1] == pytest.approx(trainer.cfg.min_lr)
 
 
 def test_a_fitted_time_budget_is_kept_on_resume_and_the_schedule_follows_it(tiny_data, tmp_path, monkeypatch):
+    from lmforge.train.budget import recheck_step
     from lmforge.train.optim import decay_progress, lr_at
 
     clock = FakeClock(monkeypatch)
-    timed = clock.loss_costing(lambda: 0.02, 0.01)
+    timed = clock.loss_costing(lambda: 0.025, 0.01)
     calls = {"n": 0}
 
-    def interrupt_at_step_15(model, x, y):  # after the fit (at step 11), before the end
+    def interrupt_at_step_25(model, x, y):  # after the fit (at step 20), before the half-way check
         calls["n"] += model.training
-        if model.training and calls["n"] == 15:
+        if model.training and calls["n"] == 25:
             os.kill(os.getpid(), signal.SIGINT)
         return timed(model, x, y)
 
     run = tmp_path / "run"
-    first = make_trainer(tiny_data, run, interrupt_at_step_15, max_steps=None, max_time=8.0, save_interval=5)
-    assert first.fit().steps == 15
-    fitted = first.state.fitted_steps
-    assert fitted > 15
-    # The resumed session trains to the saved step count: it does not fit again.
-    second = make_trainer(tiny_data, run, timed, max_steps=None, max_time=8.0, save_interval=5, resume="auto")
-    assert second.state.fitted_steps == fitted and second.total_steps == fitted
-    assert second.fit().steps == fitted
+    first = make_trainer(tiny_data, run, interrupt_at_step_25, max_steps=None, max_time=10.0, save_interval=5)
+    assert first.fit().steps == 25
+    fitted, fitted_at = first.state.fitted_steps, first.state.fitted_at
+    assert fitted_at == 20 and fitted > 25 and not first.state.rechecked
+    # The resumed session trains to the saved plan: it does not fit again, and checks it half-way.
+    second = make_trainer(tiny_data, run, timed, max_steps=None, max_time=10.0, save_interval=5, resume="auto")
+    assert (second.state.fitted_steps, second.state.fitted_at) == (fitted, 20) and second.total_steps == fitted
+    result = second.fit()
+    final = second.state.fitted_steps
+    assert second.state.rechecked and result.steps == final
     m = metrics(run)
     cfg = second.cfg
-    assert m["steps"] == list(range(1, fitted + 1))
-    # Step N logs the learning rate of step index N-1. Up to the fit (step 11) the length is unknown and the
-    # decay has not started; from then on the schedule is the fitted step count's.
+    assert m["steps"] == list(range(1, final + 1))
+    # Step N logs the learning rate of step index N-1. Up to the fit (step 20) the length is unknown and the
+    # decay has not started; then the schedule is the fitted plan's, and after the half-way check the final one.
+    halfway = recheck_step(fitted_at, fitted)
     for step, lr in zip(m["steps"], m["learning_rate"]):
-        progress = decay_progress(step - 1, fitted, cfg.warmup_steps) if step > 11 else 0.0
+        horizon = None if step <= 20 else (fitted if step <= halfway else final)
+        progress = decay_progress(step - 1, horizon, cfg.warmup_steps)
         assert lr == pytest.approx(lr_at(step - 1, cfg, progress), rel=1e-12)
     assert m["learning_rate"][-1] == pytest.approx(cfg.min_lr)
 
 
-def test_max_time_is_also_a_hard_stop_when_the_run_slows_down_after_the_fit(tiny_data, tmp_path, monkeypatch):
+def test_max_time_is_also_a_hard_stop_when_the_run_slows_down_after_the_half_way_check(
+        tiny_data, tmp_path, monkeypatch):
     clock = FakeClock(monkeypatch)
-    trainer = make_trainer(tiny_data, tmp_path / "run", max_steps=None, max_time=4.0)
-    # 0.05 s per step until the fit at step 11, then 0.3 s: the plan of ~60 steps no longer fits.
-    trainer.loss_fn = clock.loss_costing(lambda: 0.05 if trainer.state.step < 11 else 0.3, 0.01)
+    trainer = make_trainer(tiny_data, tmp_path / "run", max_steps=None, max_time=10.0)
+    # 0.025 s per step until the half-way check is done, then 0.3 s: the plan no longer fits.
+    trainer.loss_fn = clock.loss_costing(lambda: 0.3 if trainer.state.rechecked else 0.025, 0.01)
     result = trainer.fit()
     assert result.stop_reason == f"max_time reached at step {result.steps} of the {trainer.state.fitted_steps} " \
                                  f"fitted (the run slowed down)"
-    assert 4.0 <= result.elapsed < 4.0 + 0.3 + 0.04
+    assert 10.0 <= result.elapsed < 10.0 + 0.3 + 0.04
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tiny_data, tmp_path):

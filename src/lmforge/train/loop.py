@@ -39,7 +39,8 @@ from ..utils.device import autocast
 from ..utils.malloc import keep_freed_memory
 from . import checkpoint as ckpt
 from .config import TrainConfig
-from .budget import PeriodicWork, StepClock, estimate_save_seconds, fit_total_steps
+from .budget import (MIN_MEASURED_STEPS_SLOW, PeriodicWork, StepClock, corrected_total_steps,
+                     estimate_save_seconds, fit_total_steps, recheck_step)
 from .compile import maybe_compile
 from .diagnose import write_diagnosis
 from .metrics import MetricsLog
@@ -361,7 +362,7 @@ class Trainer:
         window_loss, window_steps = torch.zeros((), device=self.device), 0
         window_start, window_tokens = time.perf_counter(), s.tokens_seen
         session_start, elapsed_before = time.perf_counter(), s.elapsed
-        clock = StepClock() if cfg.max_time is not None and s.fitted_steps is None else None
+        clock = StepClock() if cfg.max_time is not None and not s.rechecked else None
         with StopRequested(announce=self.env.is_main) as stop:
             stop_reason = self._stop_reason(stop)
             if stop_reason is not None and self.env.is_main:  # a resumed run that had already finished
@@ -372,9 +373,13 @@ class Trainer:
                 window_steps += 1
                 s.elapsed = elapsed_before + time.perf_counter() - session_start  # wall time, evals included
                 self._agree_across_ranks(stop)
-                fit_now = clock is not None and clock.ready_to_fit(s.step, s.elapsed, cfg.max_time)
+                fit_now = clock is not None and s.fitted_steps is None and clock.ready_to_fit(
+                    s.step, s.elapsed, cfg.max_time)
                 if clock is not None:
                     clock.observe(s.step, s.elapsed)
+                    if s.fitted_steps is not None and s.step == recheck_step(s.fitted_at, s.fitted_steps):
+                        self._recheck_time_budget(clock)
+                        clock, bar.total = None, self.total_steps
                 stop_reason = self._stop_reason(stop)
                 last = stop_reason is not None
                 evaluate = s.step % cfg.eval_interval == 0 or last or fit_now
@@ -405,7 +410,7 @@ class Trainer:
                     sample_seconds = time.perf_counter() - started
                 if fit_now:
                     self._fit_to_time_budget(clock, eval_seconds, sample_seconds)
-                    clock = None
+                    clock = StepClock()  # measures the speed since the fit, for the half-way check
                     bar.total = self.total_steps
                     stop_reason = stop_reason or self._stop_reason(stop)
                 if s.step % cfg.save_interval == 0 or stop_reason:
@@ -432,7 +437,7 @@ class Trainer:
         fitted = fit_total_steps(s.step, s.elapsed, cfg.max_time, seconds_per_step, work)
         if self.env.is_distributed:  # the ranks timed different things; all take the shortest plan
             fitted = -int(max_across_ranks(torch.tensor([-fitted], dtype=torch.float64, device=self.device)).item())
-        s.fitted_steps = fitted
+        s.fitted_steps, s.fitted_at, self._final_work = fitted, s.step, work
         self.total_steps = self._total_steps()
         if self.env.is_main:
             tqdm.write(f"time budget: {seconds_per_step * 1000:.0f} ms/step measured over "
@@ -440,11 +445,36 @@ class Trainer:
                        f"(evaluations, samples, checkpoints and the final report included); "
                        f"the learning rate decays to min_lr at the last one")
 
+    def _recheck_time_budget(self, clock: StepClock) -> None:
+        """Half-way from the fit to the planned end, plan again from the speed since the fit (budget.py)."""
+        cfg, s = self.cfg, self.state
+        if clock.measured_steps(s.step) < MIN_MEASURED_STEPS_SLOW:  # too few steps since the fit to say more
+            s.rechecked = True
+            return
+        seconds_per_step = clock.seconds_per_step(s.step, s.elapsed)
+        # A resumed session did not time the final work: estimate it as three periodic evaluations' worth.
+        work = getattr(self, "_final_work", None) or PeriodicWork(
+            eval_seconds=3 * seconds_per_step, eval_interval=cfg.eval_interval, sample_seconds=seconds_per_step,
+            sample_interval=cfg.sample_interval, save_seconds=estimate_save_seconds(
+                sum(p.numel() for p in self.model.parameters())), save_interval=cfg.save_interval,
+            report_seconds=1.0)
+        corrected = corrected_total_steps(s.fitted_steps, s.step, s.elapsed, cfg.max_time, seconds_per_step, work)
+        if self.env.is_distributed:
+            corrected = -int(max_across_ranks(torch.tensor([-corrected], dtype=torch.float64,
+                                                           device=self.device)).item())
+        if corrected != s.fitted_steps and self.env.is_main:
+            tqdm.write(f"time budget: checked half-way at step {s.step}: {seconds_per_step * 1000:.0f} ms/step since "
+                       f"the fit; the plan is now {corrected} steps instead of {s.fitted_steps}")
+        s.fitted_steps, s.rechecked = corrected, True
+        self.total_steps = self._total_steps()
+
     def _write_report(self) -> str:
         """Plots and diagnosis.txt from the metrics so far (rank 0); returns the diagnosis verdict."""
         metrics = self.metrics.to_dict()
         write_plots(self.run_dir, metrics)
-        return write_diagnosis(self.run_dir, metrics).verdict
+        # With dropout on, the train loss (measured with it) sits above validation; the diagnosis must know.
+        dropout = max((m.p for m in self.model.modules() if isinstance(m, torch.nn.Dropout)), default=0.0)
+        return write_diagnosis(self.run_dir, metrics, dropout=dropout).verdict
 
     def _log(self, val_loss: float | None, tokens_per_sec: float | None) -> None:
         if self.metrics is None:  # not rank 0

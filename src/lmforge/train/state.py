@@ -17,7 +17,9 @@ class TrainState:
     best_val_loss: float = math.inf
     best_step: int | None = None
     evals_since_best: int = 0         # for early stopping
-    fitted_steps: int | None = None   # a max_time run's length in steps, fitted once from its measured speed
+    fitted_steps: int | None = None   # a max_time run's length in steps, fitted from its measured speed
+    fitted_at: int | None = None      # the step of that fit
+    rechecked: bool = False           # the half-way check of the fit is done (train/budget.py)
 
     def state_dict(self) -> dict:
         return asdict(self)
