@@ -281,7 +281,9 @@ def test_real_curves_cover_every_verdict():
 
 @pytest.mark.parametrize("path", FIXTURES, ids=[path.stem for path in FIXTURES])
 def test_real_curves_get_their_verdict(path):
-    diagnosis = diagnose(json.loads(path.read_text()))
+    metrics = json.loads(path.read_text())
+    # Fixtures whose verdict depends on it record the run's dropout beside the metrics.
+    diagnosis = diagnose(metrics, dropout=metrics.get("dropout"))
 
     assert diagnosis.verdict == expected_verdict(path)
     assert diagnosis.text.startswith(f"Verdict: {diagnosis.verdict}\n")
@@ -293,3 +295,57 @@ def test_real_early_memorisation_is_not_called_a_plateau():
 
     assert "Starting to over-fit since step 250" in diagnosis.text
     assert "bigger model" not in diagnosis.text
+
+
+# --- validation easier than training; still improving or flattened ------------------------
+
+
+def test_validation_below_train_beyond_noise_with_dropout_off_is_a_split_problem():
+    curves = run(train=decaying(3.0), val=decaying(2.5), noise=0.01)
+    diagnosis = diagnose(curves, dropout=0.0)
+    assert diagnosis.verdict == "split problem"
+    assert "leakage" in diagnosis.text and "data.val_fraction" in diagnosis.text
+    assert diagnosis.numbers["val_below_train_share"] == 1.0
+    assert diagnosis.numbers["train_val_gap"] == pytest.approx(-0.5, abs=0.02)
+
+
+def test_validation_below_train_is_not_a_split_problem_with_dropout_on_or_unknown():
+    curves = run(train=decaying(3.0), val=decaying(2.5), noise=0.01)
+    assert diagnose(curves, dropout=0.1).verdict != "split problem"  # dropout inflates the train loss
+    assert diagnose(curves).verdict != "split problem"  # not known: no claim
+
+
+def test_validation_a_little_below_train_within_noise_is_not_a_split_problem():
+    curves = run(train=decaying(2.0), val=decaying(1.98), noise=0.01)  # 1% below: under NO_GAP
+    assert diagnose(curves, dropout=0.0).verdict != "split problem"
+
+
+def test_validation_below_train_only_briefly_is_not_a_split_problem():
+    # Below train at the end only; above it for most of the second half.
+    val = lambda step: decaying(2.2)(step) - (0.4 if step >= 2800 else 0.0)  # noqa: E731
+    curves = run(train=decaying(2.0), val=val)
+    diagnosis = diagnose(curves, dropout=0.0)
+    assert diagnosis.numbers["val_below_train_share"] < 0.8
+    assert diagnosis.verdict != "split problem"
+
+
+def slowly_falling(floor, per_step):
+    return lambda step: decaying(floor)(step) - per_step * step
+
+
+def test_more_steps_are_advised_only_while_the_loss_still_clearly_falls():
+    falling = diagnose(run(train=slowly_falling(2.0, 1e-5), val=slowly_falling(2.1, 1e-5)))
+    assert falling.verdict == "well fit"
+    assert "still improving when the schedule ended" in falling.text and "A longer run" in falling.text
+    assert falling.numbers["train_tail_slope_t"] < -3
+
+    # The same slow fall hidden in batch noise (1%): within noise of flat, so no advice to train longer.
+    noisy = diagnose(run(train=slowly_falling(2.0, 1e-5), val=slowly_falling(2.1, 1e-5), noise=0.01, seed=3))
+    assert noisy.verdict == "well fit"
+    assert "still improving" not in noisy.text and "more steps alone will not help much" in noisy.text
+
+
+def test_under_fit_says_whether_the_run_was_still_improving():
+    still = diagnose(run(**CURVES["under-fit"]))
+    assert still.verdict == "under-fit" and "still improving when the schedule ended" in still.text
+    assert "Train longer" in still.text

@@ -11,6 +11,10 @@ this order and the first one that matches wins:
    lowest it had been before (a blow-up, even if it came back down later); or both losses
    have been rising together.
 2. too short to judge: fewer than MIN_VAL_POINTS validation evaluations.
+2b. split problem: with dropout off, the validation loss stayed below the train loss beyond noise
+   (at most evaluations of the second half, and at the end by more than NO_GAP and SPLIT_NOISE_SIGMAS
+   standard errors). A model cannot do better on unseen text than on its training text unless the
+   validation text is easier or leaks from training, so the curves say nothing about generalisation.
 3. over-fit: the smoothed validation loss rose more than OVERFIT_RISE above its best while
    the train loss did not rise; or (starting to over-fit) validation stopped improving, it
    fell less than FLAT_DROP over the tail, while over the second half of the run the train
@@ -26,19 +30,23 @@ this order and the first one that matches wins:
    stopped falling (learning stalled: the model is not memorising, it is not learning).
 8. well fit: anything else: flat or nearly flat at the end of a decayed schedule, with a
    train-val gap that exists but is not growing fast.
+
+Whatever the verdict, the advice to train longer is given only when the run was still improving as it
+ended: the slope of the train loss over the last part, fitted by least squares, is below zero by more
+than IMPROVING_T standard errors. Otherwise the curve has flattened and more steps would add little.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
 from lmforge.train.metrics import NONFINITE_KEY, load_metrics, perplexity
 
 DIAGNOSIS_FILENAME = "diagnosis.txt"
-VERDICTS = ("diverging", "over-fit", "under-fit", "plateau", "well fit", "too short to judge")
+VERDICTS = ("diverging", "split problem", "over-fit", "under-fit", "plateau", "well fit", "too short to judge")
 
 # Fewer evaluations than this cannot show where the validation loss is heading.
 MIN_VAL_POINTS = 3
@@ -87,6 +95,13 @@ BARELY_LEARNED = 0.85
 PLATEAU_LR_RATIO = 0.5
 # Well fit, but validation this far above train: the model is starting to memorise.
 LARGE_GAP = 0.10
+# Split problem: validation below train by more than this many standard errors of the train loss around
+# the last evaluations (and by more than NO_GAP), at SPLIT_PERSISTENT of the second half's evaluations.
+SPLIT_NOISE_SIGMAS = 3.0
+SPLIT_PERSISTENT = 0.8
+# Still improving: the tail's least-squares slope is this many standard errors below zero. Logged train
+# losses are correlated from step to step, so the threshold is higher than the textbook 2.
+IMPROVING_T = 3.0
 
 Points = list[tuple[int, float]]
 
@@ -148,6 +163,10 @@ class _Measurements:
     train_slope_per_1k_steps: float | None = None
     train_late_drop: float | None = None  # relative fall of the train loss over the second half
     train_late_fall: float | None = None  # the same in nats
+    train_tail_slope_t: float | None = None  # the tail's least-squares slope in standard errors (< 0: falling)
+    train_noise: float | None = None  # standard error of the train loss mean around the last evaluations
+    val_below_train_share: float | None = None  # share of the second half's evaluations below train
+    dropout: float | None = None  # the model's dropout (None: not known)
     val_points: int = 0
     val_window: int | None = None  # evaluations in each validation averaging window
     val_loss_initial: float | None = None
@@ -171,9 +190,10 @@ class _Measurements:
     learning_rate_final: float | None = None
 
 
-def diagnose(metrics: dict[str, Any]) -> Diagnosis:
-    """Judge a run from its metrics dict (as written by lmforge.train.metrics)."""
-    measured = _measure(_read_curves(metrics))
+def diagnose(metrics: dict[str, Any], dropout: float | None = None) -> Diagnosis:
+    """Judge a run from its metrics dict (as written by lmforge.train.metrics) and the model's dropout
+    (a train loss measured with dropout on sits above the validation loss; None = not known)."""
+    measured = replace(_measure(_read_curves(metrics)), dropout=dropout)
     verdict = _classify(measured)
     explanation, remedies = _EXPLAINERS[verdict](measured)
     text = "\n\n".join([f"Verdict: {verdict}", explanation, _describe_numbers(measured),
@@ -181,12 +201,27 @@ def diagnose(metrics: dict[str, Any]) -> Diagnosis:
     return Diagnosis(verdict=verdict, text=text + "\n", numbers=asdict(measured))
 
 
-def write_diagnosis(run_dir: str | Path, metrics: dict[str, Any] | None = None) -> Diagnosis:
-    """Diagnose a run (metrics default to its training_metrics.json) and write diagnosis.txt."""
+def write_diagnosis(run_dir: str | Path, metrics: dict[str, Any] | None = None,
+                    dropout: float | None = None) -> Diagnosis:
+    """Diagnose a run (metrics default to its training_metrics.json, dropout to its config.yaml's
+    model.dropout) and write diagnosis.txt."""
     run_dir = Path(run_dir)
-    diagnosis = diagnose(load_metrics(run_dir) if metrics is None else metrics)
+    if dropout is None:
+        dropout = _configured_dropout(run_dir)
+    diagnosis = diagnose(load_metrics(run_dir) if metrics is None else metrics, dropout)
     (run_dir / DIAGNOSIS_FILENAME).write_text(diagnosis.text, encoding="utf-8")
     return diagnosis
+
+
+def _configured_dropout(run_dir: Path) -> float | None:
+    """model.dropout from the run's config.yaml, if it has one."""
+    try:
+        import yaml
+        config = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))
+        value = config["model"]["dropout"]
+        return float(value) if value is not None else None
+    except (OSError, KeyError, TypeError, ValueError, ImportError, AttributeError):
+        return None
 
 
 # --- reading and measuring the curves ---------------------------------------------------
@@ -230,6 +265,8 @@ def _measure(curves: _Curves) -> _Measurements:
         **train,
         **val,
         **_gap_numbers(curves),
+        **_split_numbers(curves, late_start),
+        train_tail_slope_t=_slope_t(_tail(curves.train, tail_start, min_points=4)),
         gap_growth=gap_growth,
         learning_rate_peak=max(curves.learning_rates, default=None),
         learning_rate_final=curves.learning_rates[-1] if curves.learning_rates else None,
@@ -328,6 +365,46 @@ def _gap_numbers(curves: _Curves) -> dict[str, Any]:
     }
 
 
+def _split_numbers(curves: _Curves, late_start: int) -> dict[str, Any]:
+    """How often validation sat below the train loss around it in the second half, and the train noise."""
+    if not curves.train or not curves.val:
+        return {}
+    window = max(_window_size(len(curves.train), TRAIN_WINDOW_FRACTION), 2)
+    below = []
+    for val_step, val_loss in [point for point in curves.val if point[0] >= late_start]:
+        around = [loss for step, loss in curves.train if step <= val_step][-window:]
+        if around:
+            below.append(val_loss < _mean(around))
+    last_val_step = curves.val[-_window_size(len(curves.val), VAL_WINDOW_FRACTION)][0]
+    recent = [loss for step, loss in curves.train if step >= last_val_step]
+    recent = recent if len(recent) >= window else [loss for _, loss in curves.train[-window:]]
+    noise = _stdev(recent) / math.sqrt(len(recent)) if len(recent) > 1 else None
+    return {"val_below_train_share": sum(below) / len(below) if below else None, "train_noise": noise}
+
+
+def _slope_t(points: Points) -> float | None:
+    """The least-squares slope of loss against step, in standard errors (None with too few points)."""
+    n = len(points)
+    if n < 4:
+        return None
+    steps, losses = [float(step) for step, _ in points], [loss for _, loss in points]
+    mean_step, mean_loss = _mean(steps), _mean(losses)
+    sxx = sum((x - mean_step) ** 2 for x in steps)
+    if sxx == 0:
+        return None
+    slope = sum((x - mean_step) * (y - mean_loss) for x, y in zip(steps, losses)) / sxx
+    residual = sum((y - mean_loss - slope * (x - mean_step)) ** 2 for x, y in zip(steps, losses))
+    standard_error = math.sqrt(residual / (n - 2) / sxx)
+    if standard_error == 0:
+        return -math.inf if slope < 0 else (math.inf if slope > 0 else 0.0)
+    return slope / standard_error
+
+
+def _stdev(values: list[float]) -> float:
+    mean = _mean(values)
+    return math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+
+
 def _window_size(count: int, fraction: float) -> int:
     return max(1, round(count * fraction))
 
@@ -366,6 +443,8 @@ def _classify(m: _Measurements) -> str:
         return "diverging"
     if m.val_points < MIN_VAL_POINTS:
         return "too short to judge"
+    if _val_below_train(m):
+        return "split problem"
     if m.val_rise_above_best > OVERFIT_RISE:
         return "over-fit"  # _both_rising() was False, so the train loss did not rise with it
     if _gap_opening(m):
@@ -379,6 +458,19 @@ def _classify(m: _Measurements) -> str:
     if _lr_not_decayed(m) or _no_gap(m):
         return "plateau"  # the last one: level with train and flat, so learning stalled
     return "well fit"
+
+
+def _val_below_train(m: _Measurements) -> bool:
+    """Validation below train beyond noise for most of the second half, with dropout off."""
+    if m.dropout is None or m.dropout > 0 or m.train_val_gap is None or m.val_below_train_share is None:
+        return False
+    beyond_noise = -m.train_val_gap > max(NO_GAP * abs(m.val_loss_final), SPLIT_NOISE_SIGMAS * (m.train_noise or 0.0))
+    return beyond_noise and m.val_below_train_share >= SPLIT_PERSISTENT
+
+
+def _still_improving(m: _Measurements) -> bool:
+    """The train loss was still falling, clearly beyond its noise, when the run ended."""
+    return m.train_tail_slope_t is not None and m.train_tail_slope_t < -IMPROVING_T
 
 
 def _train_blew_up(m: _Measurements) -> bool:
@@ -474,6 +566,37 @@ def _explain_too_short(m: _Measurements) -> tuple[str, list[str]]:
     ]
 
 
+def _explain_split_problem(m: _Measurements) -> tuple[str, list[str]]:
+    below = m.val_below_train_share or 0.0
+    explanation = (f"Split problem: the validation loss stayed below the train loss at {_share(below)} of the "
+                   f"evaluations since step {m.late_start_step} and ended {-m.train_val_gap:.3f} below it "
+                   f"(gap {m.train_val_gap:+.3f}; the train loss's own noise there is about "
+                   f"{m.train_noise or 0.0:.3f}), with dropout off. A model cannot predict text it has never "
+                   "seen better than its training text unless the validation text is easier (a different "
+                   "mix of documents: more boilerplate, tables or repeated text) or overlaps the training "
+                   "text (leakage: the same or nearly the same documents on both sides). Either way the "
+                   "validation loss does not measure how well the model generalises, and verdicts built on it "
+                   "(over-fit, well fit) cannot be trusted.")
+    if _still_improving(m):
+        explanation += f" {_improving_sentence(m)}"
+    return explanation, [
+        "Hold out a bigger or a different share: raise data.val_fraction, or try another data.seed and see "
+        "how much the gap moves (lmforge prepare's stratified split takes validation documents evenly from "
+        "every format, folder and size).",
+        "Look for leakage: keep exact and near-duplicate removal on in ingest (ingest.clean), and check that "
+        "no document appears in both splits (documents.jsonl and meta.json of the prepared data).",
+        "Look at what differs: compare a few validation documents with training ones; generated files or "
+        "data tables on one side only are a common cause (ingest's code-quality filter drops them from code).",
+        "If validation is another kind of text on purpose (a benchmark), read the two losses as two tasks.",
+    ]
+
+
+def _improving_sentence(m: _Measurements) -> str:
+    return (f"It was still improving when the schedule ended: over the last part (from step {m.tail_start_step}) "
+            f"the train loss fell {-(m.train_slope_per_1k_steps or 0.0):.3f} per 1000 steps, "
+            f"{-m.train_tail_slope_t:.1f} standard errors below flat.")
+
+
 def _explain_overfit(m: _Measurements) -> tuple[str, list[str]]:
     best = m.val_loss_best_step
     if m.val_rise_above_best > OVERFIT_RISE:
@@ -517,11 +640,20 @@ def _explain_underfit(m: _Measurements) -> tuple[str, list[str]]:
         explanation += " Validation is level with train, so the model is not memorising anything yet."
     if m.epochs_final is not None and m.epochs_final < 1:
         explanation += f" The run saw only {_share(m.epochs_final)} of its training data."
-    explanation += " More steps should still help."
+    if _still_improving(m):
+        explanation += f" {_improving_sentence(m)} More steps should still help."
+        return explanation, [
+            "Train longer (more steps, epochs or train.max_time): the schedule ended while the loss still fell.",
+            "If the loss has fallen slowly all along, a higher learning rate may help.",
+            "If it is levelling off with validation level with train, a bigger model can learn more.",
+        ]
+    explanation += (f" But it flattened as the schedule ended (the train loss's slope over the last part is "
+                    f"within {IMPROVING_T:g} standard errors of zero), so more steps of the same run would add "
+                    "little: the model has room to learn that this schedule did not use.")
     return explanation, [
-        "Train longer (more steps or epochs), for example by resuming from the last checkpoint.",
+        "A bigger model (more layers or width) can learn more from the same data.",
         "If the loss has fallen slowly all along, a higher learning rate may help.",
-        "If it is levelling off with validation level with train, a bigger model can learn more.",
+        "A longer run helps only with a schedule stretched to match (a new run, not a resume).",
     ]
 
 
@@ -561,12 +693,19 @@ def _explain_plateau(m: _Measurements) -> tuple[str, list[str]]:
 
 
 def _explain_well_fit(m: _Measurements) -> tuple[str, list[str]]:
+    shape = "" if _still_improving(m) else "the curves have flattened out as the schedule ends, "
     explanation = (f"Well fit: the validation loss ended at {m.val_loss_final:.3f}, close to its best "
-                   f"({m.val_loss_best:.3f} at step {m.val_loss_best_step}), the curves have flattened out "
-                   f"as the schedule ends, and the train-val gap is {m.train_val_gap:+.3f}.")
+                   f"({m.val_loss_best:.3f} at step {m.val_loss_best_step}), {shape}and the train-val gap is "
+                   f"{m.train_val_gap:+.3f}.")
     if m.train_val_gap > LARGE_GAP * m.val_loss_final:
         explanation += (" That gap is large: the model is starting to memorise, so more data would help "
                         "more than more steps.")
+    if _still_improving(m):
+        explanation += f" {_improving_sentence(m)}"
+        return explanation, [
+            f"Use the best/ checkpoint (step {m.val_loss_best_step}).",
+            "A longer run (more steps or train.max_time) should still lower the loss a little.",
+        ]
     return explanation, [
         f"Nothing to fix. Use the best/ checkpoint (step {m.val_loss_best_step}).",
         "To go further, grow the data and the model together; more steps alone will not help much.",
@@ -576,6 +715,7 @@ def _explain_well_fit(m: _Measurements) -> tuple[str, list[str]]:
 _EXPLAINERS: dict[str, Callable[[_Measurements], tuple[str, list[str]]]] = {
     "diverging": _explain_diverging,
     "too short to judge": _explain_too_short,
+    "split problem": _explain_split_problem,
     "over-fit": _explain_overfit,
     "under-fit": _explain_underfit,
     "plateau": _explain_plateau,
