@@ -128,6 +128,14 @@ def test_eval_batches_are_consecutive_deterministic_and_capped(data_dir):
     assert len(list(loader.eval_batches(2))) == 2
 
 
+def test_a_partial_evaluation_spreads_its_windows_over_the_whole_split(data_dir):
+    loader = TokenBatches(data_dir, "val", BLOCK, BATCH)  # 12 windows
+    starts = [start for x, _ in loader.eval_batches(1) for start in x[:, 0].tolist()]
+    assert starts == [BLOCK * i for i in (0, 3, 6, 9)]  # windows 0, 12/4, 2*12/4, 3*12/4: even strides
+    again = [start for x, _ in loader.eval_batches(1) for start in x[:, 0].tolist()]
+    assert again == starts
+
+
 def test_eval_batches_allow_a_partial_last_batch_and_an_empty_split(tmp_path):
     folder = make_dataset(tmp_path, train_tokens=0, val_tokens=6 * BLOCK + 1)
     sizes = [len(x) for x, _ in TokenBatches(folder, "val", BLOCK, BATCH).eval_batches(None)]

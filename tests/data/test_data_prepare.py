@@ -46,7 +46,7 @@ def test_prepare_writes_consistent_files(docs_dir, tmp_path):
     tokenizer = load_tokenizer(out)
     expected_tokens = sum(len(tokenizer.encode(document_text(i))) + 1 for i in range(DOCUMENT_COUNT))
     assert meta == read_meta(out)
-    assert meta["split"] == "document"
+    assert meta["split"] == "stratified"
     assert meta["dtype"] == "uint16" and meta["tokenizer"] == "char"
     assert meta["eot_id"] == tokenizer.eot_id and meta["vocab_size"] == tokenizer.vocab_size
     assert meta["train_tokens"] + meta["val_tokens"] == expected_tokens

@@ -123,17 +123,21 @@ class TokenBatches:
         return -(-self._eval_window_count() // self.batch_size)  # ceiling division
 
     def eval_batches(self, max_batches: int | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Consecutive windows from the start of the split, batched: the same batches on every call.
+        """Windows of the split, batched: the same batches on every call.
 
-        Yields at most `max_batches` batches (all of the split when None); the last one may be smaller.
+        All of the split's windows, in order, when `max_batches` is None or covers them (the last batch
+        may be smaller). A partial evaluation of `max_batches` batches takes its windows at even strides
+        from the start to the end of the split instead of the first ones, so that it sees every part of
+        it: the first windows alone would be the first few documents, and their loss that of those.
         """
         window_count = self._eval_window_count()
-        batch_count = self.eval_batch_count()
-        if max_batches is not None:
-            batch_count = min(batch_count, max_batches)
-        for batch in range(batch_count):
-            windows = np.arange(batch * self.batch_size, min((batch + 1) * self.batch_size, window_count))
-            yield self._read_windows(windows * self.block_size)
+        if max_batches is None or max_batches >= self.eval_batch_count():
+            windows = np.arange(window_count)
+        else:
+            wanted = max_batches * self.batch_size
+            windows = np.arange(wanted) * window_count // wanted
+        for start in range(0, len(windows), self.batch_size):
+            yield self._read_windows(windows[start:start + self.batch_size] * self.block_size)
 
 
 def _check_positive(**values: int) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import shutil
 import sys
@@ -36,7 +37,7 @@ MIN_DOCUMENTS_FOR_DOCUMENT_SPLIT = 20
 ENCODE_BATCH_CHARS = 4_000_000
 
 # Part of the cache key: bump it when the prepared format changes so old cache entries are not reused.
-CACHE_FORMAT_VERSION = 1
+CACHE_FORMAT_VERSION = 2  # 2: stratified validation split
 
 
 def prepare(
@@ -92,8 +93,9 @@ def _prepare_into(
         return _read_texts(documents_path)
 
     tokenizer = build_tokenizer(tokenizer_spec, texts, vocab_size=vocab_size)
-    split = choose_split(document_count, val_fraction, seed)
-    writers = _write_token_files(work_dir, texts(), document_count, tokenizer, split, val_fraction, seed)
+    val_documents = stratified_val_documents(list(_read_strata(documents_path)), val_fraction, seed)
+    split = choose_split(document_count, val_documents, val_fraction)
+    writers = _write_token_files(work_dir, texts(), document_count, tokenizer, split, val_documents, val_fraction)
     tokenizer.save(work_dir)
     meta = {
         "dtype": token_dtype(tokenizer.vocab_size).name,
@@ -119,21 +121,43 @@ def _read_texts(path: Path) -> Iterator[str]:
             yield json.loads(line)["text"]
 
 
-def choose_split(document_count: int, val_fraction: float, seed: int) -> str:
-    """ "document" (whole documents go to train or val) or "document_tail" (every document's tail goes to val)."""
+def _read_strata(path: Path) -> Iterator[tuple[str, int]]:
+    """(stratum, length) of every document: its format and folder (see stratified_val_documents)."""
+    with open(path, encoding="utf-8") as file:
+        for line in file:
+            record = json.loads(line)
+            folder = record["source"].replace("\\", "/").rpartition("/")[0]  # archive members: "a.zip::dir"
+            yield f"{record['format']}:{folder}", len(record["text"])
+
+
+def stratified_val_documents(documents: Sequence[tuple[str, int]], val_fraction: float, seed: int) -> set[int]:
+    """The indices of the documents held out for validation, chosen to look like the rest.
+
+    A plain random tenth of a few hundred documents can easily be easier or harder than the whole (one
+    big generated table more or less); the loss measured on it is then biased for the whole run.
+    Instead the documents are sorted by stratum (format, then folder) and by size within it, and every
+    (1/val_fraction)-th one from a seeded random start goes to validation (systematic sampling). Each
+    format, folder and size range then gives validation its share, in documents and in tokens.
+    """
     if val_fraction == 0:
-        return "document"
-    val_gets_some = any(is_val_document(index, val_fraction, seed) for index in range(document_count))
-    if document_count >= MIN_DOCUMENTS_FOR_DOCUMENT_SPLIT and val_gets_some:
-        return "document"
+        return set()
+    order = sorted(range(len(documents)), key=lambda i: (documents[i][0], documents[i][1], _seeded_uniform(seed, i)))
+    start = _seeded_uniform(seed, "start")
+    return {index for position, index in enumerate(order)
+            if math.floor(val_fraction * (position + 1) + start) > math.floor(val_fraction * position + start)}
+
+
+def _seeded_uniform(seed: int, key) -> float:
+    """A number in [0, 1) from a hash: stable across runs, machines and Python versions."""
+    digest = hashlib.sha1(f"{seed}:{key}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+def choose_split(document_count: int, val_documents: set[int], val_fraction: float) -> str:
+    """ "stratified" (whole documents go to train or val) or "document_tail" (every document's tail goes to val)."""
+    if val_fraction == 0 or (document_count >= MIN_DOCUMENTS_FOR_DOCUMENT_SPLIT and val_documents):
+        return "stratified"
     return "document_tail"
-
-
-def is_val_document(index: int, val_fraction: float, seed: int) -> bool:
-    """Whether document number `index` belongs to val: a seeded hash, so it is stable across runs and machines."""
-    digest = hashlib.sha1(f"{seed}:{index}".encode()).digest()
-    uniform = int.from_bytes(digest[:8], "big") / 2**64
-    return uniform < val_fraction
 
 
 def tail_start(text: str, val_fraction: float) -> int:
@@ -146,10 +170,11 @@ def tail_start(text: str, val_fraction: float) -> int:
     return min(line_breaks, key=lambda position: abs(position - cut))
 
 
-def split_document(index: int, text: str, split: str, val_fraction: float, seed: int) -> list[tuple[str, str]]:
+def split_document(index: int, text: str, split: str, val_documents: set[int],
+                   val_fraction: float) -> list[tuple[str, str]]:
     """The (split name, text) pieces one document contributes; empty pieces are left out."""
-    if split == "document":
-        return [("val" if is_val_document(index, val_fraction, seed) else "train", text)]
+    if split == "stratified":
+        return [("val" if index in val_documents else "train", text)]
     start = tail_start(text, val_fraction)
     pieces = [("train", text[:start]), ("val", text[start:])]
     return [(name, piece) for name, piece in pieces if piece]
@@ -161,8 +186,8 @@ def _write_token_files(
     document_count: int,
     tokenizer: Tokenizer,
     split: str,
+    val_documents: set[int],
     val_fraction: float,
-    seed: int,
 ) -> dict[str, TokenFileWriter]:
     """Encode every document and append its tokens (plus EOT) to train.bin or val.bin; return the writers."""
     dtype = token_dtype(tokenizer.vocab_size)
@@ -171,7 +196,7 @@ def _write_token_files(
     try:
         for batch in _batches_by_size(enumerate(texts), ENCODE_BATCH_CHARS):
             pieces = [
-                piece for index, text in batch for piece in split_document(index, text, split, val_fraction, seed)
+                piece for index, text in batch for piece in split_document(index, text, split, val_documents, val_fraction)
             ]
             encoded = tokenizer.encode_batch([text for _, text in pieces])
             for (name, _), ids in zip(pieces, encoded):
