@@ -203,3 +203,25 @@ def test_prepare_with_trained_bpe(docs_dir, tmp_path):
     assert "Document number 7." in decoded_split(tmp_path / "prepared", "train") + decoded_split(
         tmp_path / "prepared", "val"
     )
+
+
+def test_the_stratified_split_gives_every_stratum_and_size_range_its_share():
+    from lmforge.data.prepare import stratified_val_documents
+
+    # 12 documents in folder a (sizes 1..12) and 8 in folder b (sizes 1..8), listed interleaved.
+    documents = [("text:a", size) for size in range(1, 13)] + [("text:b", size) for size in range(1, 9)]
+    order = [0, 12, 1, 13, 2, 14, 3, 15, 4, 16, 5, 17, 6, 18, 7, 19, 8, 9, 10, 11]
+    documents = [documents[i] for i in order]
+    picks = set()
+    for seed in range(20):
+        val = stratified_val_documents(documents, 0.25, seed)
+        chosen = [documents[i] for i in val]
+        # Every 4th document in (folder, size) order: 3 of a's 12, 2 of b's 8, one from each size range.
+        a_sizes = sorted(size for stratum, size in chosen if stratum == "text:a")
+        b_sizes = sorted(size for stratum, size in chosen if stratum == "text:b")
+        assert len(a_sizes) == 3 and len(b_sizes) == 2
+        assert [(size - 1) // 4 for size in a_sizes] == [0, 1, 2] and [(size - 1) // 4 for size in b_sizes] == [0, 1]
+        assert val == stratified_val_documents(documents, 0.25, seed)  # stable for a seed
+        picks.add(frozenset(val))
+    assert len(picks) > 1  # and the seed moves it
+    assert stratified_val_documents(documents, 0.0, 1) == set()
