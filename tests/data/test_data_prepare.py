@@ -208,8 +208,10 @@ def test_prepare_with_trained_bpe(docs_dir, tmp_path):
 def test_the_stratified_split_gives_every_stratum_and_size_range_its_share():
     from lmforge.data.prepare import stratified_val_documents
 
-    # 12 documents in folder a (sizes 1..12) and 8 in folder b (sizes 1..8), listed interleaved.
-    documents = [("text:a", size) for size in range(1, 13)] + [("text:b", size) for size in range(1, 9)]
+    # 12 documents in folder a (sizes 1..12) and 8 in folder b (sizes 1..8), listed interleaved, all
+    # compressing alike (the compressed length is a third of the length).
+    documents = [("text:a", size * 90, size * 30) for size in range(1, 13)]
+    documents += [("text:b", size * 90, size * 30) for size in range(1, 9)]
     order = [0, 12, 1, 13, 2, 14, 3, 15, 4, 16, 5, 17, 6, 18, 7, 19, 8, 9, 10, 11]
     documents = [documents[i] for i in order]
     picks = set()
@@ -217,11 +219,32 @@ def test_the_stratified_split_gives_every_stratum_and_size_range_its_share():
         val = stratified_val_documents(documents, 0.25, seed)
         chosen = [documents[i] for i in val]
         # Every 4th document in (folder, size) order: 3 of a's 12, 2 of b's 8, one from each size range.
-        a_sizes = sorted(size for stratum, size in chosen if stratum == "text:a")
-        b_sizes = sorted(size for stratum, size in chosen if stratum == "text:b")
+        a_sizes = sorted(size // 90 for stratum, size, _ in chosen if stratum == "text:a")
+        b_sizes = sorted(size // 90 for stratum, size, _ in chosen if stratum == "text:b")
         assert len(a_sizes) == 3 and len(b_sizes) == 2
         assert [(size - 1) // 4 for size in a_sizes] == [0, 1, 2] and [(size - 1) // 4 for size in b_sizes] == [0, 1]
         assert val == stratified_val_documents(documents, 0.25, seed)  # stable for a seed
         picks.add(frozenset(val))
     assert len(picks) > 1  # and the seed moves it
     assert stratified_val_documents(documents, 0.0, 1) == set()
+
+
+def test_the_split_balances_how_hard_validation_is_to_predict():
+    import random
+
+    from lmforge.data.prepare import _systematic_sample, stratified_val_documents
+
+    rng = random.Random(0)
+    # 200 documents of one folder; how well each compresses (a stand-in for how hard it is) varies a lot.
+    documents = [("code:lib", length, int(length * rng.uniform(0.15, 0.6)))
+                 for length in (rng.randint(500, 50_000) for _ in range(200))]
+
+    def bits_gap(val):  # compressed bits per character, val minus train, computed here from scratch
+        inside = [d for i, d in enumerate(documents) if i in val]
+        outside = [d for i, d in enumerate(documents) if i not in val]
+        return abs(sum(d[2] for d in inside) / sum(d[1] for d in inside)
+                   - sum(d[2] for d in outside) / sum(d[1] for d in outside))
+
+    plain = [bits_gap(_systematic_sample(documents, 0.1, f"plain:{seed}")) for seed in range(100)]
+    chosen = [bits_gap(stratified_val_documents(documents, 0.1, seed)) for seed in range(100)]
+    assert sum(chosen) / 100 < 0.25 * sum(plain) / 100  # re-randomisation balances difficulty
