@@ -52,3 +52,13 @@ def test_every_preset_renders_and_loads_back(name, tmp_path):
 def test_shipped_run_presets_exist():
     assert {"demo", "shakespeare-char"} <= set(run_presets())
     assert load_run_config(None, base=preset_raw("shakespeare-char")).data.tokenizer == "char"
+
+
+def test_a_shape_the_user_gives_wins_over_the_demo_s_model_sizing():
+    demo = preset_raw("demo")
+    assert load_run_config(base=demo).model.fit_to_budget is True
+    assert load_run_config(None, ["--model.n_layer=2"], base=demo).model.fit_to_budget is False
+    assert load_run_config(None, ["--model.preset=llama-tiny"], base=demo).model.fit_to_budget is False
+    assert load_run_config(None, ["--train.lr=1e-3"], base=demo).model.fit_to_budget is True
+    kept = load_run_config(None, ["--model.n_layer=2", "--model.fit_to_budget=true"], base=demo)
+    assert kept.model.fit_to_budget is True  # said explicitly: the probe still picks

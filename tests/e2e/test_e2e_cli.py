@@ -76,6 +76,24 @@ def test_train_with_no_data_uses_the_standard_library(tmp_path):
     assert "stopped: max_steps reached after 3 steps" in out.stdout
 
 
+def test_a_time_budget_covers_the_whole_command_and_ends_at_min_lr(tmp_path):
+    """The demo's promise in small: data preparation, training and the final evaluation, sample and checkpoint
+    all fit in train.max_time (Python's start-up and the closing sample are the only time outside it)."""
+    budget = 25
+    started = time.perf_counter()
+    out = lmforge("train", "--train.max_steps=null", f"--train.max_time={budget}", "--train.eval_interval=20",
+                  "--model.fit_to_budget=true",
+                  "--data.default_corpus_bytes=300000", f"--data.cache_dir={tmp_path / 'cache'}",
+                  "--data.vocab_size=300", "--train.batch_size=4", "--train.sample_tokens=16",
+                  "--train.sample_interval=50", f"--train.out_dir={tmp_path / 'run'}", *TINY_MODEL, cwd=tmp_path)
+    wall = time.perf_counter() - started
+    assert "model: fit_to_budget picked " in out.stdout
+    assert "time budget: " in out.stdout and "steps fitted to the 25 s budget are done" in out.stdout
+    assert wall < budget + 10, out.stdout
+    metrics = json.loads((tmp_path / "run" / "training_metrics.json").read_text())
+    assert metrics["learning_rate"][-1] == pytest.approx(2e-4)  # the demo preset's min_lr
+
+
 def test_sigterm_saves_last_and_a_rerun_resumes(corpus, tmp_path):
     run = tmp_path / "run"
     args = ["train", f"--data.path={corpus}", f"--data.cache_dir={tmp_path / 'cache'}", "--data.tokenizer=char",

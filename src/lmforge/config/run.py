@@ -73,14 +73,24 @@ def load_run_config(path: str | Path | None = None, overrides: list[str] | tuple
     given on the command line still win over it.
     """
     raw = dict(base or {})
-    if path is not None:
-        raw = deep_merge(raw, load_yaml(path))
+    user = load_yaml(path) if path is not None else {}
+    raw = deep_merge(raw, user)
     cli = parse_overrides(list(overrides))
+    raw = _shape_given_wins_over_sizing(raw, deep_merge(user, cli))
     cli_preset = (cli.get("model") or {}).get("preset")
     if cli_preset in PRESETS:
         raw = deep_merge(raw, {"model": PRESETS[cli_preset]})
     raw = resolve_init_from(deep_merge(raw, cli))
     return from_dict(RunConfig, resolve_raw(raw))
+
+
+def _shape_given_wins_over_sizing(raw: dict, user: dict) -> dict:
+    """model.fit_to_budget (set by the demo preset) picks the model's shape; a shape the user gives in the
+    file or on the command line (layers, width, heads, a model preset or a checkpoint) wins over it."""
+    model = user.get("model") or {}
+    if "fit_to_budget" in model or not {"n_layer", "n_embd", "n_head", "preset", "init_from"} & set(model):
+        return raw
+    return deep_merge(raw, {"model": {"fit_to_budget": False}})
 
 
 def resolve_init_from(raw: dict) -> dict:

@@ -46,6 +46,9 @@ class ModelConfig:
         "help": "biases on the query/key/value projections (Qwen2: true with bias false); null = same as bias"})
     tie_embeddings: bool = field(default=True, metadata={"help": "share the token embedding with the output head"})
     dropout: float = field(default=0.0, metadata={"help": "dropout probability (0 for pretraining small data fast)"})
+    fit_to_budget: bool = field(default=False, metadata={
+        "help": "pick n_layer/n_embd for train.max_time: a speed probe keeps the largest GPT-2-style shape that "
+                "sees ~20 tokens per parameter in the budget (train/sizing.py)"})
     init_from: str | None = field(default=None, metadata={
         "help": "start from these weights: an lmforge checkpoint or a Hugging Face model folder"})
 

@@ -7,8 +7,10 @@ then find it cached), each rank reads its own share of the batches, and only ran
 
 from __future__ import annotations
 
+import json
 import random
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -30,7 +32,9 @@ from . import checkpoint as ckpt
 from .config import TrainConfig
 from .loop import Trainer, TrainResult
 from .objectives import lm_loss_sum
+from .optim import build_optimizer
 from .precision import run_precision
+from .sizing import TOKENS_PER_PARAM, ladder_config, pick_model_size
 
 
 def prepare_data(data: DataConfig, ingest_cfg: IngestConfig | None = None, tokenizer_spec: str | None = None) -> Path:
@@ -79,6 +83,11 @@ def _pretrain(model_cfg: ModelConfig, data_cfg: DataConfig, train_cfg: TrainConf
         data_dir = prepare_data(data_cfg, ingest_cfg, tokenizer_spec)
     meta = read_meta(data_dir)
     tokenizer = load_tokenizer(data_dir)
+    if model_cfg.fit_to_budget and env.is_distributed:
+        print("model: fit_to_budget sizes a model for one process; under torchrun the configured shape is used")
+    elif model_cfg.fit_to_budget:
+        model_cfg = size_to_budget(model_cfg, train_cfg, data_dir, tokenizer.vocab_size, device,
+                                   seconds_left=(train_cfg.max_time or 0) - (time.perf_counter() - started))
     model = build_model(model_cfg, tokenizer.vocab_size)
     if env.rank > 0:
         torch.manual_seed(train_cfg.seed + env.rank)  # the weights are rank 0's; dropout masks differ per rank
@@ -110,6 +119,32 @@ def _pretrain(model_cfg: ModelConfig, data_cfg: DataConfig, train_cfg: TrainConf
     trainer = Trainer(model, tokenizer, train_batches, val_batches, train_cfg, run_dir, device, precision,
                       env=env, strategy=strategy, setup_seconds=time.perf_counter() - started)
     return trainer.fit()
+
+
+def size_to_budget(model_cfg: ModelConfig, train_cfg: TrainConfig, data_dir: Path, vocab_size: int,
+                   device: torch.device, seconds_left: float) -> ModelConfig:
+    """model.fit_to_budget: the model shape a speed probe finds right for the time left (train/sizing.py)."""
+    if train_cfg.max_time is None or model_cfg.init_from:
+        raise ValueError("model.fit_to_budget: needs train.max_time (the budget to size for) and a fresh model "
+                         "(not model.init_from)")
+    run_dir = Path(train_cfg.out_dir).expanduser()
+    resume_from = run_dir / "last" if train_cfg.resume == "auto" else Path(train_cfg.resume).expanduser()
+    saved = resume_from / "config.json"
+    if train_cfg.resume != "never" and saved.is_file():  # a resumed run keeps the shape it started with
+        shape = json.loads(saved.read_text())
+        print(f"model: fit_to_budget: keeping the resumed run's {shape['n_layer']} x {shape['n_embd']} shape")
+        return ladder_config(model_cfg, shape["n_layer"], shape["n_embd"])
+    probe = TokenBatches(data_dir, "train", model_cfg.block_size, train_cfg.batch_size, seed=train_cfg.seed)
+    batch = next(iter(probe.eval_batches(1)))
+    step_tokens = train_cfg.batch_size * train_cfg.grad_accum_steps * model_cfg.block_size
+    sized = with_vocab(model_cfg, vocab_size)
+    chosen, trials = pick_model_size(sized, batch, seconds_left, lambda m: build_optimizer(m, train_cfg, device),
+                                     step_tokens, device)
+    tried = ", ".join(f"{t.n_layer}x{t.n_embd} {t.seconds_per_step * 1000:.0f} ms/step ({t.tokens_per_param:.0f} "
+                      f"tokens/param)" for t in trials)
+    print(f"model: fit_to_budget picked {chosen.n_layer} layers x {chosen.n_embd} wide for {seconds_left:.0f} s "
+          f"(probe: {tried}; wanted >= {TOKENS_PER_PARAM} tokens per parameter)")
+    return replace(chosen, vocab_size=model_cfg.vocab_size)
 
 
 def describe_parallelism(train_cfg: TrainConfig, env: DistEnv, strategy: str, block_size: int) -> str:

@@ -1,0 +1,79 @@
+"""model.fit_to_budget: the speed probe that picks a model's shape for a time budget."""
+
+import json
+
+import pytest
+import torch
+
+from lmforge.model.config import preset_config
+from lmforge.train import sizing
+from lmforge.train.config import TrainConfig
+from lmforge.train.optim import build_optimizer
+
+
+def fake_timings(monkeypatch, seconds_per_step: dict):
+    """Each ladder shape takes the given seconds per step; params are the real non-embedding counts."""
+    timed = []
+
+    def time_steps(config, batch, make_optimizer, device):
+        timed.append((config.n_layer, config.n_embd))
+        params = sizing.GPT(config).num_params(exclude_embeddings=True)
+        return seconds_per_step[(config.n_layer, config.n_embd)], params
+    monkeypatch.setattr(sizing, "_time_steps", time_steps)
+    return timed
+
+
+def test_the_largest_shape_that_sees_enough_tokens_per_parameter_is_picked(monkeypatch):
+    base = preset_config("gpt2-tiny", vocab_size=64)
+    # 100 s left, 80% of it for training, 1,000 tokens per step: tokens = 80,000 / seconds per step.
+    timed = fake_timings(monkeypatch, {(2, 64): 0.01, (3, 96): 0.02, (4, 128): 0.05, (6, 192): 0.1})
+    chosen, trials = sizing.pick_model_size(base, batch=None, seconds_left=100.0, make_optimizer=None,
+                                            step_tokens=1000)
+    # By hand: 2x64 has 100,096 params outside the embeddings: 8.0M tokens = 80 per param; 3x96 has 335,712:
+    # 4.0M tokens = 12 per param, under 20, so the probe stops there (bigger shapes are not even timed).
+    assert timed == [(2, 64), (3, 96)]
+    assert [t.params for t in trials] == [100_096, 335_712]
+    assert trials[0].tokens_per_param == pytest.approx(80e3 / 0.01 / 100_096, rel=1e-3)
+    assert (chosen.n_layer, chosen.n_embd, chosen.n_head) == (2, 64, 2)
+
+
+def test_a_fast_machine_gets_a_bigger_model_and_a_slow_one_the_smallest(monkeypatch):
+    base = preset_config("gpt2-tiny", vocab_size=64)
+    fast = {(2, 64): 0.0001, (3, 96): 0.0002, (4, 128): 0.0005, (6, 192): 0.01, (8, 256): 0.1}
+    fake_timings(monkeypatch, fast)
+    chosen, _ = sizing.pick_model_size(base, None, 100.0, None, 1000)
+    # 4x128: 793,344 params, 160M tokens = 202 per param; 6x192: 2,669,568 params, 8M tokens = 3 per param.
+    assert (chosen.n_layer, chosen.n_embd, chosen.n_head) == (4, 128, 4)
+
+    fake_timings(monkeypatch, {(2, 64): 10.0})
+    chosen, trials = sizing.pick_model_size(base, None, 100.0, None, 1000)
+    assert len(trials) == 1 and (chosen.n_layer, chosen.n_embd) == (2, 64)  # nothing fits: the smallest
+
+
+def test_the_probe_times_real_training_steps():
+    base = preset_config("gpt2-tiny", vocab_size=64, block_size=16)
+    x = torch.randint(0, 64, (2, 16))
+    cfg = TrainConfig()
+    chosen, trials = sizing.pick_model_size(base, (x, x.roll(-1, 1)), 0.5, lambda m: build_optimizer(
+        m, cfg, torch.device("cpu")), step_tokens=32)
+    assert trials and all(t.seconds_per_step > 0 for t in trials)
+    assert (chosen.n_layer, chosen.n_embd) in sizing.SIZE_LADDER
+
+
+def test_a_resumed_run_keeps_the_shape_it_started_with(tmp_path):
+    from lmforge.train.pretrain import size_to_budget
+
+    run = tmp_path / "run"
+    (run / "last").mkdir(parents=True)
+    (run / "last" / "config.json").write_text(json.dumps({"n_layer": 3, "n_embd": 96}))
+    cfg = TrainConfig(out_dir=str(run), max_steps=None, max_time=60.0)
+    chosen = size_to_budget(preset_config("gpt2-tiny"), cfg, tmp_path / "no-data", 64, torch.device("cpu"), 50.0)
+    assert (chosen.n_layer, chosen.n_embd, chosen.n_head) == (3, 96, 3)
+
+
+def test_fit_to_budget_needs_a_time_budget(tmp_path):
+    from lmforge.train.pretrain import size_to_budget
+
+    with pytest.raises(ValueError, match="model.fit_to_budget: needs train.max_time"):
+        size_to_budget(preset_config("gpt2-tiny"), TrainConfig(out_dir=str(tmp_path)), tmp_path, 64,
+                       torch.device("cpu"), 50.0)
