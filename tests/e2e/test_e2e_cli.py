@@ -89,7 +89,7 @@ def test_a_time_budget_covers_the_whole_command_and_ends_at_min_lr(tmp_path):
     wall = time.perf_counter() - started
     assert "model: fit_to_budget picked " in out.stdout
     assert "time budget: " in out.stdout and "steps fitted to the 25 s budget are done" in out.stdout
-    assert wall < budget + 10, out.stdout
+    assert wall < budget + 20, out.stdout  # + Python's start-up and the closing sample, on a busy machine too
     metrics = json.loads((tmp_path / "run" / "training_metrics.json").read_text())
     assert metrics["learning_rate"][-1] == pytest.approx(2e-4)  # the demo preset's min_lr
 
