@@ -124,6 +124,22 @@ def test_sharded_safetensors_load(tmp_path):
     assert_same_logits(load_hf_model(tmp_path), hf, random_ids())
 
 
+@pytest.mark.parametrize("shard", ["../outside.safetensors", "/tmp/outside.safetensors",
+                                   "sub/../../outside.safetensors"])
+def test_an_index_naming_a_shard_outside_the_folder_is_refused(tmp_path, shard):
+    folder = tmp_path / "model"
+    hf = hf_model("llama")
+    hf.save_pretrained(folder, max_shard_size="40KB")
+    index = json.loads((folder / "model.safetensors.index.json").read_text())
+    first = next(iter(index["weight_map"]))
+    outside = tmp_path / "outside.safetensors"
+    outside.write_bytes((folder / index["weight_map"][first]).read_bytes())  # a real file there, to be sure
+    index["weight_map"][first] = shard
+    (folder / "model.safetensors.index.json").write_text(json.dumps(index))
+    with pytest.raises(ValueError, match="is not a file inside .*refusing to load weights from elsewhere"):
+        load_hf_model(folder)
+
+
 def write_pickled_checkpoint(hf, folder, shards: int = 1) -> None:
     """The layout transformers 4 wrote with safe_serialization=False (pickled torch files)."""
     hf.config.save_pretrained(folder)

@@ -342,9 +342,21 @@ def read_hf_weights(folder: str | Path) -> dict[str, torch.Tensor]:
 
 
 def _shard_files(folder: Path, index_name: str) -> list[Path]:
-    """The shard files an index lists (its weight_map maps each tensor to the file holding it)."""
+    """The shard files an index lists (its weight_map maps each tensor to the file holding it).
+
+    An index is untrusted input: a shard named "../../elsewhere" or "/abs/path" would load a file from
+    outside the model folder, so every shard must be a plain file name inside it.
+    """
     weight_map = json.loads((folder / index_name).read_text(encoding="utf-8"))["weight_map"]
-    return [folder / shard for shard in sorted(set(weight_map.values()))]
+    root = folder.resolve()
+    files = []
+    for shard in sorted(set(weight_map.values())):
+        path = (folder / shard).resolve()
+        if not isinstance(shard, str) or Path(shard).is_absolute() or path.parent != root:
+            raise ValueError(f"{folder / index_name}: shard {shard!r} is not a file inside {folder}; "
+                             "refusing to load weights from elsewhere")
+        files.append(path)
+    return files
 
 
 def _read_weight_file(file: Path) -> dict[str, torch.Tensor]:
