@@ -1,6 +1,7 @@
 """Checkpoint folders: atomic replacement, resume discovery, pruning, safe loading."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -75,3 +76,64 @@ def test_train_state_loads_with_weights_only(tmp_path, tokenizer):
 def test_a_folder_without_weights_is_rejected_clearly(tmp_path):
     with pytest.raises(ValueError, match="not an lmforge checkpoint"):
         ckpt.load_model_from_checkpoint(tmp_path)
+
+
+# --- faults: a failed save, a dead process's leftovers, a torn samples.jsonl, fsync ---------------
+
+
+class _FailingFiles:
+    """Model files whose save dies half-way, as on a full disk."""
+
+    def save(self, model, folder):
+        (folder / "model.safetensors").write_bytes(b"partial")
+        raise OSError(28, "No space left on device")
+
+
+def test_a_failed_save_leaves_no_temporary_folder_and_the_last_good_checkpoint(tmp_path):
+    from lmforge.train.checkpoint import save_checkpoint
+
+    model, tokenizer = _tiny_model_and_tokenizer(tmp_path)
+    good = save_checkpoint(tmp_path / "run", "last", model, tokenizer, {"step": 1})
+    with pytest.raises(OSError, match="No space left"):
+        save_checkpoint(tmp_path / "run", "last", model, tokenizer, {"step": 2}, files=_FailingFiles())
+    assert [p.name for p in (tmp_path / "run").iterdir()] == ["last"]
+    assert json.loads((good / "meta.json").read_text())["step"] == 1
+
+
+def test_leftovers_of_a_killed_save_are_removed_by_the_next_one(tmp_path):
+    from lmforge.train.checkpoint import save_checkpoint
+
+    model, tokenizer = _tiny_model_and_tokenizer(tmp_path)
+    stale = tmp_path / "run" / ".tmp-last-999999"
+    stale.mkdir(parents=True)
+    (stale / "model.safetensors").write_bytes(b"half")
+    save_checkpoint(tmp_path / "run", "last", model, tokenizer, {"step": 1})
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["last"]
+
+
+def test_every_checkpoint_file_is_fsynced_before_the_rename(tmp_path, monkeypatch):
+    import os
+
+    from lmforge.train import checkpoint
+
+    model, tokenizer = _tiny_model_and_tokenizer(tmp_path)
+    synced, real_fsync = [], os.fsync
+
+    def recording_fsync(descriptor):
+        synced.append(os.readlink(f"/proc/self/fd/{descriptor}"))
+        real_fsync(descriptor)
+    monkeypatch.setattr(checkpoint.os, "fsync", recording_fsync)
+    final = checkpoint.save_checkpoint(tmp_path / "run", "last", model, tokenizer, {"step": 1})
+    names = {p.name for p in final.iterdir()}
+    synced_files = {Path(p).name for p in synced if "/.tmp-last-" in p}
+    assert names <= synced_files  # each file, synced while still in the temporary folder
+
+
+def _tiny_model_and_tokenizer(tmp_path):
+    from lmforge.model.config import ModelConfig
+    from lmforge.model.gpt import GPT
+    from lmforge.tokenizer import build_tokenizer
+
+    tokenizer = build_tokenizer("char", lambda: iter(["hello world"]))
+    model = GPT(ModelConfig(n_layer=1, n_head=1, n_embd=8, block_size=8, vocab_size=tokenizer.vocab_size))
+    return model, tokenizer

@@ -377,3 +377,14 @@ def test_activation_checkpointing_keeps_fewer_tensors_for_backward():
         return sum(total)
 
     assert saved_bytes(True) < 0.5 * saved_bytes(False)
+
+
+def test_a_torn_last_line_of_samples_jsonl_does_not_stop_a_resume(tiny_data, tmp_path):
+    run = tmp_path / "run"
+    make_trainer(tiny_data, run, max_steps=20, sample_interval=10, save_interval=10).fit()
+    with open(run / "samples.jsonl", "a", encoding="utf-8") as f:
+        f.write('{"step": 30, "prompt": "", "te')  # a crash in the middle of writing a sample
+    resumed = make_trainer(tiny_data, run, max_steps=30, sample_interval=10, save_interval=10, resume="auto")
+    resumed.fit()
+    lines = (run / "samples.jsonl").read_text(encoding="utf-8").splitlines()
+    assert [json.loads(line)["step"] for line in lines] == [10, 20, 30]

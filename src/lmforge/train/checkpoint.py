@@ -47,11 +47,46 @@ def _replace_dir(tmp: Path, final: Path) -> None:
     aside = final.with_name(f".old-{final.name}")
     if aside.exists():
         shutil.rmtree(aside)
+    _sync_folder(tmp)  # the new files are on disk before any rename makes them the checkpoint
     if final.exists():
         os.replace(final, aside)
     os.replace(tmp, final)
+    _sync_dir_entry(final.parent)  # ...and so are the renames, before the old copy goes
     if aside.exists():
         shutil.rmtree(aside)
+
+
+def _sync_folder(folder: Path) -> None:
+    """fsync every file in `folder`, then the folder itself: without it, a power cut after the rename can
+    leave a checkpoint whose files are empty (the data was still in the page cache)."""
+    for path in folder.iterdir():
+        if path.is_file():
+            with open(path, "rb") as file:
+                os.fsync(file.fileno())
+    _sync_dir_entry(folder)
+
+
+def _sync_dir_entry(folder: Path) -> None:
+    try:
+        descriptor = os.open(folder, os.O_RDONLY)
+    except OSError:  # e.g. Windows cannot open a folder; its renames are durable enough
+        return
+    try:
+        os.fsync(descriptor)
+    except OSError:
+        pass
+    finally:
+        os.close(descriptor)
+
+
+def _fresh_tmp(run_dir: Path, name: str) -> Path:
+    """An empty temporary folder for checkpoint `name`; leftovers of earlier saves of it that died
+    (a crash, a full disk, kill -9: any process id) are removed first."""
+    for stale in run_dir.glob(f".tmp-{name}-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp = run_dir / f".tmp-{name}-{os.getpid()}"
+    tmp.mkdir(parents=True)
+    return tmp
 
 
 class FullWeights:
@@ -76,32 +111,35 @@ def save_checkpoint(run_dir: str | Path, name: str, model: GPT, tokenizer, meta:
     """
     run_dir = Path(run_dir)
     final = run_dir / name
-    tmp = run_dir / f".tmp-{name}-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    (files or FullWeights()).save(model, tmp)
-    tokenizer.save(tmp)
-    _write_json(tmp / "meta.json", meta)
-    if train_state is not None:
-        torch.save(train_state, tmp / "train_state.pt")
-    _replace_dir(tmp, final)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    tmp = _fresh_tmp(run_dir, name)
+    try:
+        (files or FullWeights()).save(model, tmp)
+        tokenizer.save(tmp)
+        _write_json(tmp / "meta.json", meta)
+        if train_state is not None:
+            torch.save(train_state, tmp / "train_state.pt")
+        _replace_dir(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # a failed save (a full disk) leaves the last good one alone
+        raise
     return final
 
 
 def link_checkpoint(src: Path, name: str) -> Path:
     """Make run_dir/name a copy of checkpoint `src` using hard links (no extra disk, still atomic)."""
-    tmp = src.parent / f".tmp-{name}-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
-    for f in src.iterdir():
-        try:
-            os.link(f, tmp / f.name)
-        except OSError:  # file systems without hard links
-            shutil.copy2(f, tmp / f.name)
-    final = src.parent / name
-    _replace_dir(tmp, final)
+    tmp = _fresh_tmp(src.parent, name)
+    try:
+        for f in src.iterdir():
+            try:
+                os.link(f, tmp / f.name)
+            except OSError:  # file systems without hard links
+                shutil.copy2(f, tmp / f.name)
+        final = src.parent / name
+        _replace_dir(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     return final
 
 

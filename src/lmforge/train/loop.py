@@ -195,7 +195,9 @@ class Trainer:
         path = self.run_dir / "samples.jsonl"
         if path.is_file():
             lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
-            path.write_text("".join(line for line in lines if json.loads(line)["step"] <= step), encoding="utf-8")
+            # A line cut short by a crash mid-write is dropped too (its sample is redone with the others).
+            kept = [line.rstrip("\n") + "\n" for line in lines if (n := _sample_step(line)) is not None and n <= step]
+            path.write_text("".join(kept), encoding="utf-8")
 
     # ---- one optimizer step --------------------------------------------------------------------
     def train_step(self) -> torch.Tensor:
@@ -498,6 +500,15 @@ class Trainer:
                            train_loss=self.last_train_loss, val_loss=self.last_val_loss,
                            best_val_loss=s.best_val_loss if math.isfinite(s.best_val_loss) else None,
                            best_step=s.best_step, elapsed=s.elapsed, verdict=verdict)
+
+
+def _sample_step(line: str) -> int | None:
+    """The step of one samples.jsonl line, or None for a line that is not a whole JSON record."""
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError:
+        return None
+    return record.get("step") if isinstance(record, dict) and isinstance(record.get("step"), int) else None
 
 
 def _to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
