@@ -94,10 +94,11 @@ def recheck_step(fitted_at: int, fitted_steps: int) -> int:
 
 
 def corrected_total_steps(planned: int, step: int, elapsed: float, max_time: float, seconds_per_step: float,
-                          work: PeriodicWork) -> int:
+                          final_seconds: float) -> int:
     """The half-way check: the plan again from the speed since the fit (whose seconds per step already
-    include the periodic evaluations, samples and checkpoints); kept when within RECHECK_TOLERANCE."""
-    remaining = max_time * (1 - HEADROOM) - elapsed - work.at_the_end()
+    include the periodic evaluations, samples and checkpoints) and the final work's seconds; kept when
+    within RECHECK_TOLERANCE."""
+    remaining = max_time * (1 - HEADROOM) - elapsed - final_seconds
     corrected = step + max(1, math.floor(remaining / seconds_per_step))
     return planned if abs(corrected - planned) <= RECHECK_TOLERANCE * planned else corrected
 

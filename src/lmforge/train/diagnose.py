@@ -39,6 +39,7 @@ than IMPROVING_T standard errors. Otherwise the curve has flattened and more ste
 from __future__ import annotations
 
 import math
+import statistics
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
@@ -378,7 +379,7 @@ def _split_numbers(curves: _Curves, late_start: int) -> dict[str, Any]:
     last_val_step = curves.val[-_window_size(len(curves.val), VAL_WINDOW_FRACTION)][0]
     recent = [loss for step, loss in curves.train if step >= last_val_step]
     recent = recent if len(recent) >= window else [loss for _, loss in curves.train[-window:]]
-    noise = _stdev(recent) / math.sqrt(len(recent)) if len(recent) > 1 else None
+    noise = statistics.stdev(recent) / math.sqrt(len(recent)) if len(recent) > 1 else None
     return {"val_below_train_share": sum(below) / len(below) if below else None, "train_noise": noise}
 
 
@@ -398,11 +399,6 @@ def _slope_t(points: Points) -> float | None:
     if standard_error == 0:
         return -math.inf if slope < 0 else (math.inf if slope > 0 else 0.0)
     return slope / standard_error
-
-
-def _stdev(values: list[float]) -> float:
-    mean = _mean(values)
-    return math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
 
 
 def _window_size(count: int, fraction: float) -> int:

@@ -136,6 +136,7 @@ class Trainer:
         self.last_train_loss: float | None = None
         self.last_val_loss: float | None = None
         self._agreed_signal: str | None = None  # distributed runs: a stop signal that every rank now knows of
+        self._final_seconds: float | None = None  # the final evaluation, sample, checkpoint and report, as fitted
         self.resumed_from = self._resume_training_state(resume_path)
         self.total_steps = self._total_steps()
         self.metrics = self._open_metrics() if self.env.is_main else None
@@ -433,13 +434,11 @@ class Trainer:
             report_seconds = time.perf_counter() - started
         work = PeriodicWork(eval_seconds=eval_seconds, eval_interval=cfg.eval_interval,
                             sample_seconds=sample_seconds, sample_interval=cfg.sample_interval,
-                            save_seconds=estimate_save_seconds(sum(p.numel() for p in self.model.parameters())),
-                            save_interval=cfg.save_interval, report_seconds=report_seconds)
+                            save_seconds=self._save_seconds(), save_interval=cfg.save_interval,
+                            report_seconds=report_seconds)
         seconds_per_step = clock.seconds_per_step(s.step, s.elapsed)
-        fitted = fit_total_steps(s.step, s.elapsed, cfg.max_time, seconds_per_step, work)
-        if self.env.is_distributed:  # the ranks timed different things; all take the shortest plan
-            fitted = -int(max_across_ranks(torch.tensor([-fitted], dtype=torch.float64, device=self.device)).item())
-        s.fitted_steps, s.fitted_at, self._final_work = fitted, s.step, work
+        fitted = self._shortest_plan(fit_total_steps(s.step, s.elapsed, cfg.max_time, seconds_per_step, work))
+        s.fitted_steps, s.fitted_at, self._final_seconds = fitted, s.step, work.at_the_end()
         self.total_steps = self._total_steps()
         if self.env.is_main:
             tqdm.write(f"time budget: {seconds_per_step * 1000:.0f} ms/step measured over "
@@ -454,21 +453,27 @@ class Trainer:
             s.rechecked = True
             return
         seconds_per_step = clock.seconds_per_step(s.step, s.elapsed)
-        # A resumed session did not time the final work: estimate it as three periodic evaluations' worth.
-        work = getattr(self, "_final_work", None) or PeriodicWork(
-            eval_seconds=3 * seconds_per_step, eval_interval=cfg.eval_interval, sample_seconds=seconds_per_step,
-            sample_interval=cfg.sample_interval, save_seconds=estimate_save_seconds(
-                sum(p.numel() for p in self.model.parameters())), save_interval=cfg.save_interval,
-            report_seconds=1.0)
-        corrected = corrected_total_steps(s.fitted_steps, s.step, s.elapsed, cfg.max_time, seconds_per_step, work)
-        if self.env.is_distributed:
-            corrected = -int(max_across_ranks(torch.tensor([-corrected], dtype=torch.float64,
-                                                           device=self.device)).item())
+        # A resumed session did not time the final work: estimate it as a few steps, a checkpoint and a report.
+        final_seconds = self._final_seconds
+        if final_seconds is None:
+            final_seconds = 4 * seconds_per_step + self._save_seconds() + 1.0
+        corrected = self._shortest_plan(corrected_total_steps(s.fitted_steps, s.step, s.elapsed, cfg.max_time,
+                                                              seconds_per_step, final_seconds))
         if corrected != s.fitted_steps and self.env.is_main:
             tqdm.write(f"time budget: checked half-way at step {s.step}: {seconds_per_step * 1000:.0f} ms/step since "
                        f"the fit; the plan is now {corrected} steps instead of {s.fitted_steps}")
         s.fitted_steps, s.rechecked = corrected, True
         self.total_steps = self._total_steps()
+
+    def _save_seconds(self) -> float:
+        return estimate_save_seconds(sum(p.numel() for p in self.model.parameters()))
+
+    def _shortest_plan(self, steps: int) -> int:
+        """The ranks timed different things: all of them take the shortest plan (one process: its own)."""
+        if not self.env.is_distributed:
+            return steps
+        negated = torch.tensor([-steps], dtype=torch.float64, device=self.device)
+        return -int(max_across_ranks(negated).item())
 
     def _write_report(self) -> str:
         """Plots and diagnosis.txt from the metrics so far (rank 0); returns the diagnosis verdict."""
