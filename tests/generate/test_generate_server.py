@@ -13,6 +13,7 @@ from fastapi.testclient import TestClient
 
 from lmforge.generate.chat import CHATML, chat_prompt_ids
 from lmforge.generate.engine import Engine
+from lmforge.generate.limits import ServerLimits
 from lmforge.generate.params import SamplingParams
 from lmforge.generate.server import create_app, running_in_background
 from lmforge.model.config import ModelConfig
@@ -52,7 +53,8 @@ def engine():
 
 @pytest.fixture(scope="module")
 def app(engine):
-    return create_app(engine, MODEL, CHATML, max_tokens_limit=64)
+    # A context of 64 tokens; prompt + max_tokens may reach 128 (the engine slides past the context).
+    return create_app(engine, MODEL, CHATML, ServerLimits(max_tokens=64, max_model_len=128))
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +70,7 @@ def client(base_url):
 
 
 def test_health_and_models(base_url, client):
-    assert httpx.get(f"{base_url}/health").json() == {"status": "ok"}
+    assert httpx.get(f"{base_url}/health").json() == {"status": "ok", "queued": 0, "running": 0, "requests": 0}
     assert [m.id for m in client.models.list().data] == [MODEL]
 
 
@@ -138,16 +140,19 @@ def test_streamed_finish_reason_is_the_engines_not_a_recount(client, engine):
 
 
 @pytest.mark.parametrize("stream", [False, True])
-def test_a_prompt_longer_than_the_context_is_cut_and_the_client_told(base_url, stream):
+def test_a_prompt_longer_than_the_context_is_refused_unless_truncation_is_asked(base_url, stream):
     body = {**GREEDY, "prompt": "abc" * 30, "stream": stream}  # 90 characters, context 64
-    with httpx.stream("POST", f"{base_url}/v1/completions", json=body) as response:
+    refused = httpx.post(f"{base_url}/v1/completions", json=body)
+    assert refused.status_code == 400 and refused.json()["error"]["param"] == "prompt"
+    assert "prompt 0 is 90 tokens, longer than the model's context of 64" in refused.json()["error"]["message"]
+    with httpx.stream("POST", f"{base_url}/v1/completions", json={**body, "truncate_prompt_tokens": 50}) as response:
         warning = response.headers.get("x-lmforge-warning", "")
         response.read()
     assert response.status_code == 200
-    assert "prompt 0 is 90 tokens, longer than the model's context of 64: its first 26 tokens were dropped" in warning
+    assert warning == "prompt 0 is 90 tokens: truncate_prompt_tokens kept its last 50"
     if not stream:
         assert response.json()["warnings"] == [warning]
-        assert response.json()["usage"]["prompt_tokens"] == 64
+        assert response.json()["usage"]["prompt_tokens"] == 50
 
 
 def test_a_prompt_that_fits_gets_no_warning(base_url):

@@ -3,6 +3,8 @@
     lmforge generate CKPT --prompt TEXT [--json] [sampling flags]
     lmforge chat CKPT [--system TEXT --template chatml|plain] [sampling flags]
     lmforge serve CKPT [--host 127.0.0.1 --port 8000 --model-name NAME --batch-window-ms 50 --compile]
+                       [--api-key KEY --allow-host NAME --max-body-bytes N --max-tokens-limit N
+                        --max-model-len N --max-concurrent-requests N --max-queued N]
 
 Heavy imports (torch, FastAPI) happen inside the verbs, so `lmforge --help` stays fast.
 """
@@ -12,12 +14,17 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import json
+import os
 import sys
 from dataclasses import replace
 from pathlib import Path
 
 from ..generate.chat import TEMPLATES, ChatTemplate, load_chat_template
+from ..generate.limits import ServerLimits
 from ..generate.params import SamplingParams
+
+API_KEY_ENV = "LMFORGE_API_KEY"
+LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "[::1]")  # the names a loopback-bound server answers to
 
 
 def _reject_unknown(overrides: list[str]) -> None:
@@ -121,6 +128,25 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def allowed_hosts(bind: str, extra: list[str]) -> list[str] | None:
+    """The Host header names the server answers to; None: any.
+
+    Bound to loopback, only this machine's own names (and --allow-host ones): a web page that points a
+    domain of its own at 127.0.0.1 (DNS rebinding) gets its requests refused. Bound to another address the
+    server cannot know the names clients use, so it checks only when --allow-host names some."""
+    if "*" in extra:
+        return None
+    if is_loopback(bind):
+        return [*LOOPBACK_HOSTS, *extra]
+    return list(extra) or None
+
+
+def _server_limits(args: argparse.Namespace) -> ServerLimits:
+    return ServerLimits(max_body_bytes=args.max_body_bytes, max_tokens=args.max_tokens_limit,
+                        max_model_len=args.max_model_len, max_concurrent_requests=args.max_concurrent_requests,
+                        max_queued=args.max_queued)
+
+
 def cmd_serve(args: argparse.Namespace, overrides: list[str]) -> int:
     _reject_unknown(overrides)
     try:
@@ -134,10 +160,13 @@ def cmd_serve(args: argparse.Namespace, overrides: list[str]) -> int:
     window = {} if args.batch_window_ms is None else {"batch_window_s": args.batch_window_ms / 1000}
     if window and args.batch_window_ms < 0:
         raise ValueError(f"--batch-window-ms must be >= 0, got {args.batch_window_ms}")
-    app = create_app(_load_engine(args.checkpoint, args.compile), name, _chat_template(args), **window)
-    if not is_loopback(args.host):
-        print(f"WARNING: binding {args.host} lets other machines use this server; it has no authentication.",
-              file=sys.stderr)
+    limits = _server_limits(args)  # a bad limit is reported before the model is loaded
+    api_key = args.api_key or os.environ.get(API_KEY_ENV) or None
+    app = create_app(_load_engine(args.checkpoint, args.compile), name, _chat_template(args), limits=limits,
+                     api_key=api_key, allowed_hosts=allowed_hosts(args.host, args.allow_host), **window)
+    if not is_loopback(args.host) and not api_key:
+        print(f"WARNING: binding {args.host} lets other machines use this server; it has no authentication "
+              f"(--api-key or {API_KEY_ENV} sets a key).", file=sys.stderr)
     print(f"serving model {name!r} at http://{args.host}:{args.port}/v1 (OpenAI API); Ctrl-C stops", flush=True)
     uvicorn.run(app, host=args.host, port=args.port)
     return 0
@@ -164,6 +193,26 @@ def _add_compile_flag(p: argparse.ArgumentParser) -> None:
 def _add_template_flag(p: argparse.ArgumentParser) -> None:
     p.add_argument("--template", choices=sorted(TEMPLATES),
                    help="chat format (default: the checkpoint's chat_template.json, else chatml)")
+
+
+def _add_server_limit_flags(p: argparse.ArgumentParser) -> None:
+    d = ServerLimits()
+    p.add_argument("--api-key", help=f"ask every request but /health for 'Authorization: Bearer KEY' (default: "
+                                     f"${API_KEY_ENV}, else none; the variable keeps the key out of `ps`)")
+    p.add_argument("--allow-host", action="append", default=[], metavar="NAME",
+                   help="also answer requests with this Host header (repeatable; '*' = any). Bound to loopback, "
+                        "only localhost, 127.0.0.1 and [::1] are answered otherwise")
+    p.add_argument("--max-body-bytes", type=int, default=d.max_body_bytes,
+                   help="refuse larger request bodies with 413 (default %(default)s)")
+    p.add_argument("--max-tokens-limit", type=int, default=d.max_tokens,
+                   help="the most max_tokens a request may ask for (default %(default)s)")
+    p.add_argument("--max-model-len", type=int, default=d.max_model_len,
+                   help="prompt + max_tokens must fit in this many tokens, else 400 (default: the model's context; "
+                        "more lets the engine slide past it)")
+    p.add_argument("--max-concurrent-requests", type=int, default=d.max_concurrent_requests,
+                   help="generation requests handled at once; more get 429 with Retry-After (default %(default)s)")
+    p.add_argument("--max-queued", type=int, default=d.max_queued,
+                   help="samples waiting for a batch; a request that would pass this gets 429 (default %(default)s)")
 
 
 def register(sub) -> None:
@@ -195,6 +244,7 @@ def register(sub) -> None:
     p.add_argument("--model-name", help="the name clients ask for (default: RUN_DIR/CHECKPOINT)")
     p.add_argument("--batch-window-ms", type=float,
                    help="how long a new batch waits for more requests to join it (default 50; 0 = start at once)")
+    _add_server_limit_flags(p)
     _add_template_flag(p)
     _add_compile_flag(p)
     p.set_defaults(func=cmd_serve)

@@ -159,7 +159,7 @@ def compile_problem(model: GPT) -> str | None:
 def _sample_rows(logits: torch.Tensor, row_params: list[SamplingParams], generators: list[torch.Generator | None],
                  tokens: torch.Tensor, is_real: torch.Tensor) -> torch.Tensor:
     """One token per row (B,), with the row's own settings and generator, penalising the row's own tokens."""
-    if all(p.temperature == 0 and p.repetition_penalty == 1.0 for p in row_params):
+    if all(p.greedy and p.repetition_penalty == 1.0 for p in row_params):
         return logits.argmax(dim=-1)  # plain greedy everywhere uses no generator or context: one batched argmax
     return torch.stack([sample_next(logits[row], params, generator,
                                     context=tokens[row][is_real[row]] if params.repetition_penalty != 1.0 else None)
@@ -271,10 +271,6 @@ class Engine:
         if finished is not None:
             finished.append(stream)
 
-    def prompt_overflow(self, prompt: Prompt) -> int:
-        """How many tokens of `prompt` do not fit the context (the oldest ones, dropped before generating)."""
-        return max(0, len(self._encode(prompt)) - self.model.config.block_size)
-
     def generate(self, prompts: list[Prompt], params: SamplingParams) -> list[Completion]:
         """One completion per prompt, in order."""
         params.validate()
@@ -322,9 +318,9 @@ class Engine:
 
     def prompt_ids(self, prompt: Prompt) -> list[int]:
         """The token ids generation starts from: the prompt's, cut to the context (with a warning)."""
-        return fit_prompt(self._encode(prompt), self.model.config.block_size)
+        return fit_prompt(self.encode(prompt), self.model.config.block_size)
 
-    def _encode(self, prompt: Prompt) -> list[int]:
+    def encode(self, prompt: Prompt) -> list[int]:
         """Token ids of a prompt; an empty one starts a new document (the end-of-text token)."""
         ids = prompt if isinstance(prompt, list) else self.tokenizer.encode(prompt)
         return list(ids) or [self.tokenizer.eot_id]

@@ -2,7 +2,7 @@
 
 The steps, in the order `sample_next` applies them (the order Hugging Face and vLLM use):
 1. repetition penalty: make tokens already in the context less likely;
-2. temperature: divide the logits (0 = greedy: always the most likely token, nothing drawn);
+2. temperature: divide the logits (0, or below params.GREEDY_BELOW, = greedy: the most likely token, nothing drawn);
 3. top-k: keep the k most likely tokens;
 4. top-p (nucleus): keep the smallest set of most likely tokens whose probabilities add up to p;
 5. min-p: drop tokens less likely than min_p times the most likely one;
@@ -68,7 +68,7 @@ def sample_next(logits: torch.Tensor, params: SamplingParams, generator: torch.G
     logits = logits.float()
     if context is not None:
         logits = apply_repetition_penalty(logits, context, params.repetition_penalty)
-    if params.temperature == 0:
+    if params.greedy:  # also for a tiny temperature, which would overflow the logits to inf
         return logits.argmax(dim=-1)
     logits = filter_top_k(logits / params.temperature, params.top_k)
     logits = filter_min_p(filter_top_p(logits, params.top_p), params.min_p)

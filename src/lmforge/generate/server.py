@@ -1,7 +1,7 @@
 """An HTTP server that speaks the OpenAI API, so existing clients (the `openai` package, curl,
 chat front-ends) can use an lmforge model.
 
-    GET  /health                liveness check
+    GET  /health                whether the generation worker can serve, with its queue (503 when not)
     GET  /v1/models             the one model served
     POST /v1/completions        continue a prompt (or a list of prompts)
     POST /v1/chat/completions   answer a conversation, rendered with the chat template
@@ -9,16 +9,18 @@ chat front-ends) can use an lmforge model.
 With "stream": true the text arrives as server-sent events: one `data: {json}` line per piece,
 then `data: [DONE]`. Invalid requests get a 4xx answer with an OpenAI-style error body.
 
-The model is not thread-safe, so every generation runs on one worker thread (`GenerationWorker`);
-requests that arrive while it is busy are served together as the next batch. The event loop only
-waits for results, so it keeps answering other requests.
+A request goes through the guards (generate/guards.py: Host header, API key, requests in flight,
+body size), then its fields are checked (generate/request_body.py), its prompt is tokenized once on
+a thread pool (never on the event loop) and fitted to the context, and its samples are queued for
+the worker (generate/worker.py), the one thread that runs the model, serving waiting requests
+together as a batch. The event loop only waits for results, so it keeps answering other requests.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import queue
+import logging
 import socket
 import threading
 import time
@@ -26,252 +28,131 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, replace
-from typing import Annotated, Literal
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException
 
 from .chat import ChatTemplate, chat_prompt_ids
-from .engine import Engine, Prompt, TextStream
-from .params import Completion, SamplingParams
+from .engine import Engine
+from .guards import ApiKeyCheck, BodySizeLimit, ConcurrencyLimit, HostCheck, InFlight, error_response
+from .limits import ServerLimits
+from .params import SamplingParams
+from .request_body import DEFAULT_MAX_TOKENS, MAX_CHOICES, ChatRequest, CompletionRequest, SamplingFields
+from .worker import BATCH_WINDOW_S, GenerationWorker, QueueFull, Request as WorkerRequest, WorkerStopped
 
-DEFAULT_MAX_TOKENS = 256      # when a request does not say
-MAX_TOKENS_LIMIT = 1024       # the most a request may ask for (create_app can change it)
-MAX_CHOICES = 16              # prompts x n in one request
-# How long the worker, once a request arrives, waits for others to join its batch: clients that start
-# together do not arrive together (8 client threads of bench/serve_batching.py: spread over 30 ms), and
-# without a wait the first would run alone while the rest wait for its whole generation. It adds this much
-# to the first token of a lone request: about two decode steps of GPT-2 124M on a 2-core CPU.
-BATCH_WINDOW_S = 0.05
+log = logging.getLogger("lmforge.serve")
+GENERATION_PATHS = ("/v1/completions", "/v1/chat/completions")
 
 
 class ApiError(Exception):
     """An error answered as {"error": {...}}, the shape OpenAI clients expect."""
 
     def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None,
-                 kind: str = "invalid_request_error"):
+                 kind: str = "invalid_request_error", headers: dict | None = None):
         super().__init__(message)
         self.status, self.message, self.param, self.code, self.kind = status, message, param, code, kind
+        self.headers = headers
+
+    def body(self) -> dict:
+        return {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}
 
     def response(self) -> JSONResponse:
-        body = {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}
-        return JSONResponse({"error": body}, status_code=self.status)
+        return error_response(self.status, self.message, self.param, self.code, self.kind, self.headers)
 
 
-# ---- request bodies: the OpenAI fields lmforge supports; others (user, logprobs, ...) are ignored ----
-
-class SamplingFields(BaseModel):
-    model: str
-    max_tokens: int = DEFAULT_MAX_TOKENS
-    temperature: float = Field(1.0, ge=0)
-    top_p: float = Field(1.0, gt=0, le=1)
-    n: int = Field(1, ge=1, le=MAX_CHOICES)
-    stop: str | Annotated[list[str], Field(max_length=4)] | None = None
-    seed: int | None = None
-    stream: bool = False
-    # Not in OpenAI's API; accepted as extra body fields, as vLLM and llama.cpp do.
-    top_k: int = 0
-    min_p: float = 0.0
-    repetition_penalty: float = 1.0
-
-
-class CompletionRequest(SamplingFields):
-    prompt: str | Annotated[list[str], Field(min_length=1)]  # "" starts a new document
-
-
-class ChatMessage(BaseModel):
-    role: Literal["system", "user", "assistant"]
-    content: str
-
-
-class ChatRequest(SamplingFields):
-    messages: list[ChatMessage] = Field(min_length=1)
-    max_completion_tokens: int | None = None  # the newer name of max_tokens in the chat API
-
-
-# ---- running the model ----
-
-class GenerationWorker:
-    """Runs the model on one background thread, serving waiting requests together as one batch.
-
-    The model is not thread-safe, so only this thread touches it. When it is free it takes every
-    request that has arrived meanwhile (up to the engine's max_batch_size) and runs them as one
-    batch, each with its own prompt, sampling settings, seed and token budget. Decoding on a CPU is
-    bound by reading the weights, and a batch reads them once for all its rows (GPT-2 124M fp32 on
-    2 cores: 42 tokens/s alone, 201 in a batch of 8), so concurrent clients share that read instead
-    of queueing behind each other. A batch starts BATCH_WINDOW_S after its first request arrived and
-    runs until its last request is done; requests that come in meanwhile form the next one.
-    """
-
-    def __init__(self, engine: Engine, batch_window_s: float = BATCH_WINDOW_S):
-        self.engine = engine
-        self.batch_window_s = batch_window_s
-        self.batch_sizes: list[int] = []  # requests served by each batch so far, oldest first
-        self._pending: queue.SimpleQueue[_Request | None] = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._serve, name="lmforge-generate", daemon=True)
-        self._thread.start()
-
-    def queued(self) -> int:
-        """Requests waiting for the next batch."""
-        return self._pending.qsize()
-
-    def close(self) -> None:
-        """Stop the thread once the batch it is running (if any) is done."""
-        self._pending.put(None)
-
-    async def stream(self, prompt: Prompt, params: SamplingParams, finished: list | None = None) -> AsyncIterator[str]:
-        """Pieces of text as the worker produces them, handed over through an asyncio queue.
-
-        `finished` receives the engine's TextStream at the end (finish_reason, token_ids)."""
-        request = self._submit(prompt, params)
-        async for piece in request.pieces():
-            yield piece
-        if finished is not None:
-            finished.append(request.stream)
-
-    async def complete(self, prompt: Prompt, params: SamplingParams) -> Completion:
-        """The whole completion of one prompt."""
-        request = self._submit(prompt, params)
-        async for _ in request.pieces():
-            pass
-        stream = request.stream
-        return Completion(text=stream.text, token_ids=stream.token_ids, prompt_tokens=request.prompt_tokens,
-                          finish_reason=stream.finish_reason)
-
-    def _submit(self, prompt: Prompt, params: SamplingParams) -> _Request:
-        request = _Request(prompt, params, asyncio.get_running_loop(), asyncio.Queue())
-        self._pending.put(request)
-        return request
-
-    def _serve(self) -> None:
-        while (first := self._pending.get()) is not None:
-            batch = [first]
-            deadline = time.monotonic() + self.batch_window_s
-            while len(batch) < self.engine.max_batch_size:
-                try:
-                    request = self._pending.get(timeout=max(0.0, deadline - time.monotonic()))
-                except queue.Empty:
-                    break
-                if request is None:  # closing: finish this batch first
-                    self._pending.put(None)
-                    break
-                batch.append(request)
-            batch = [request for request in batch if not request.cancelled]
-            if batch:
-                self._run(batch)
-
-    def _run(self, batch: list[_Request]) -> None:
-        engine = self.engine
-        self.batch_sizes.append(len(batch))
-        try:
-            prompts = [engine.prompt_ids(request.prompt) for request in batch]  # encoded once, here
-            for request, ids in zip(batch, prompts):
-                request.stream = TextStream(engine.tokenizer, request.params.stop)
-                request.prompt_tokens = len(ids)
-            streams = [request.stream for request in batch]
-            for row, piece in engine.stream_batch(prompts, [r.params for r in batch], streams):
-                request = batch[row]
-                if piece:
-                    request.send(piece)
-                if request.stream.finish_reason is not None:  # answered now, not when the whole batch is
-                    request.send(_DONE)
-        except Exception as exc:  # hand it to the requests that asked, instead of losing it in the thread
-            for request in batch:
-                request.send(exc)
-
-
-_DONE = object()
-
-
-@dataclass
-class _Request:
-    """One prompt to complete, and the way back to the coroutine waiting for it."""
-
-    prompt: Prompt
-    params: SamplingParams
-    loop: asyncio.AbstractEventLoop
-    queue: asyncio.Queue  # text pieces, then _DONE (or an exception)
-    stream: TextStream | None = None  # set when its batch starts; finish_reason and token_ids at the end
-    prompt_tokens: int = 0  # tokens of the prompt used (after cutting it to the context)
-    cancelled: bool = False
-
-    async def pieces(self) -> AsyncIterator[str]:
-        """The text as it comes; returns when the request is done, raises what went wrong in the worker."""
-        try:
-            while (item := await self.queue.get()) is not _DONE:
-                if isinstance(item, Exception):
-                    raise item
-                yield item
-        finally:
-            self.cancel()  # done, or the client went away: the batch stops generating for it
-
-    def send(self, item) -> None:
-        if not self.cancelled:
-            try:
-                self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
-            except RuntimeError:  # the event loop is closed: the server is shutting down
-                self.cancelled = True
-
-    def cancel(self) -> None:
-        self.cancelled = True
-        if self.stream is not None:
-            self.stream.cancel()
-
-
-def prompt_warnings(engine: Engine, prompts: list[Prompt]) -> list[str]:
-    """What the client should know about its prompts: those longer than the context lose their oldest tokens."""
-    block = engine.model.config.block_size
-    notes = []
-    for i, prompt in enumerate(prompts):
-        if dropped := engine.prompt_overflow(prompt):
-            notes.append(f"prompt {i} is {dropped + block} tokens, longer than the model's context of {block}: "
-                         f"its first {dropped} tokens were dropped")
-    return notes
+def internal_error(exc: Exception) -> ApiError:
+    """What a client learns of an unexpected error: its kind, not its details (they may hold internals)."""
+    return ApiError(500, f"internal error: {type(exc).__name__}", kind="server_error")
 
 
 # ---- turning a request into engine calls ----
 
 @dataclass
 class Job:
-    """What one request asks the engine for: every prompt, sampled n times."""
+    """What one request asks the engine for: every prompt (token ids), sampled n times."""
 
-    prompts: list[Prompt]  # text, or token ids (chat prompts, see generate.chat.chat_prompt_ids)
+    prompts: list[list[int]]
     params: SamplingParams
     n: int
-
-    def __post_init__(self) -> None:
-        if len(self.prompts) * self.n > MAX_CHOICES:
-            raise ApiError(400, f"prompts x n must be at most {MAX_CHOICES}, got {len(self.prompts) * self.n}",
-                           param="n")
+    notes: list[str]  # what the client should know (prompts cut by truncate_prompt_tokens)
 
     def sample_params(self, j: int) -> SamplingParams:
         """Sample j of each prompt uses seed + j, so that the n choices differ but stay reproducible."""
         return self.params if self.params.seed is None else replace(self.params, seed=self.params.seed + j)
 
-    def samples(self) -> Iterator[tuple[int, str, SamplingParams]]:
-        """(choice index, prompt, params) in OpenAI's order: all n samples of prompt 0 first."""
-        for i, prompt in enumerate(self.prompts):
-            for j in range(self.n):
-                yield i * self.n + j, prompt, self.sample_params(j)
+    def rows(self) -> list[tuple[list[int], SamplingParams]]:
+        """(prompt ids, params) of every choice, in OpenAI's order: all n samples of prompt 0 first."""
+        return [(ids, self.sample_params(j)) for ids in self.prompts for j in range(self.n)]
 
 
-def sampling_params(req: SamplingFields, max_tokens: int, limit: int,
-                    extra_stop: tuple[str, ...] = ()) -> SamplingParams:
-    """The engine's SamplingParams for a request (400 when a value is out of range)."""
-    if not 1 <= max_tokens <= limit:
-        raise ApiError(400, f"max_tokens must be between 1 and {limit}, got {max_tokens}", param="max_tokens")
-    stop = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
+def check_choices(prompts: int, n: int) -> None:
+    if prompts * n > MAX_CHOICES:
+        raise ApiError(400, f"prompts x n must be at most {MAX_CHOICES}, got {prompts * n}", param="n")
+
+
+@dataclass(frozen=True)
+class Context:
+    """How many tokens a request may use: the model's window, and prompt + max_tokens together."""
+
+    block_size: int     # the longest prompt the model can read at once
+    max_model_len: int  # prompt + max_tokens at most (more than block_size: the engine slides)
+    max_tokens: int     # the most a request may ask for
+
+    def fit(self, prompts: list[list[int]], req: SamplingFields, max_tokens: int | None,
+            prompt_param: str) -> tuple[list[list[int]], int, list[str]]:
+        """The prompts as generated from (cut when the request asks), its max_tokens, notes for the client.
+
+        A prompt that does not fit is a 400, as in OpenAI's API and vLLM, unless the request set
+        truncate_prompt_tokens; max_tokens, when not given, is what fits (at most DEFAULT_MAX_TOKENS)."""
+        fitted, notes = [], []
+        for i, ids in enumerate(prompts):
+            keep = min(req.truncate_prompt_tokens or len(ids), self.block_size)
+            if len(ids) > keep and req.truncate_prompt_tokens is not None:
+                notes.append(f"prompt {i} is {len(ids)} tokens: truncate_prompt_tokens kept its last {keep}")
+                ids = ids[-keep:]
+            if len(ids) > self.block_size:
+                raise ApiError(400, f"prompt {i} is {len(ids)} tokens, longer than the model's context of "
+                                    f"{self.block_size}: shorten it, or set truncate_prompt_tokens", param=prompt_param)
+            fitted.append(ids)
+        longest = max(len(ids) for ids in fitted)
+        room = self.max_model_len - longest
+        if max_tokens is None:
+            max_tokens = min(DEFAULT_MAX_TOKENS, self.max_tokens, room)
+        if max_tokens > self.max_tokens:
+            raise ApiError(400, f"max_tokens must be between 1 and {self.max_tokens}, got {max_tokens}",
+                           param="max_tokens")
+        if max_tokens < 1 or max_tokens > room:
+            raise ApiError(400, f"this model's maximum context length is {self.max_model_len} tokens, but "
+                                f"{longest + max(max_tokens, 1)} were asked for ({longest} in the prompt, "
+                                f"{max(max_tokens, 1)} for the completion): shorten the prompt, lower "
+                                "max_tokens, or set truncate_prompt_tokens",
+                           param=prompt_param if room < 1 else "max_tokens")
+        return fitted, max_tokens, notes
+
+
+def sampling_params(req: SamplingFields, max_tokens: int, extra_stop: tuple[str, ...] = ()) -> SamplingParams:
+    """The engine's SamplingParams for a request whose fields are checked already."""
     params = SamplingParams(max_new_tokens=max_tokens, temperature=req.temperature, top_p=req.top_p,
                             top_k=req.top_k, min_p=req.min_p, repetition_penalty=req.repetition_penalty,
-                            seed=req.seed, stop=[*stop, *extra_stop])
+                            seed=req.seed, stop=[*req.stop_strings(), *extra_stop])
     try:
-        params.validate()  # the ranges of the non-OpenAI fields (top_k, min_p, repetition_penalty)
+        params.validate()  # the engine's own checks: the request's bounds are narrower, so this never fails
     except ValueError as exc:
         raise ApiError(400, str(exc)) from exc
     return params
+
+
+def submit(worker: GenerationWorker, job: Job) -> list[WorkerRequest]:
+    """Queue the job's samples now, so that a full queue is a 429 before any answer has started."""
+    try:
+        return worker.submit(job.rows())
+    except QueueFull as exc:
+        raise ApiError(429, f"the server is busy: {exc}; retry later", kind="server_busy", code="too_many_requests",
+                       headers={"Retry-After": str(worker.retry_after_s())}) from exc
+    except WorkerStopped as exc:
+        raise ApiError(503, f"the server cannot generate now: {exc}", kind="server_error") from exc
 
 
 # ---- the two response shapes ----
@@ -324,50 +205,58 @@ def response_header(api: Api, model_name: str, chunk: bool) -> dict:
             "created": int(time.time()), "model": model_name}
 
 
-async def complete(worker: GenerationWorker, job: Job, api: Api, model_name: str) -> dict:
-    """The whole answer at once, with token usage. All its samples go to the worker together (one batch)."""
-    samples = list(job.samples())
-    completions = await asyncio.gather(*(worker.complete(prompt, params) for _, prompt, params in samples))
+async def complete(requests: list[WorkerRequest], job: Job, api: Api, model_name: str) -> dict:
+    """The whole answer at once, with token usage. All its samples went to the worker together (one batch)."""
+    async def drain(request: WorkerRequest) -> None:
+        async for _ in request.pieces():
+            pass
+
+    try:
+        await asyncio.gather(*(drain(request) for request in requests))
+    finally:
+        for request in requests:  # one sample failed: the others stop too (nobody will read them)
+            request.cancel()
     choices, prompt_tokens, completion_tokens = [], 0, 0
-    for (index, _, _), completion in zip(samples, completions):
+    for index, request in enumerate(requests):
+        completion = request.completion()
         choices.append(api.choice(index, completion.text, completion.finish_reason))
         completion_tokens += len(completion.token_ids)
         prompt_tokens += completion.prompt_tokens if index % job.n == 0 else 0  # each prompt once, as in OpenAI
     usage = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
              "total_tokens": prompt_tokens + completion_tokens}
-    return {**response_header(api, model_name, chunk=False), "choices": sorted(choices, key=lambda c: c["index"]),
-            "usage": usage}
+    return {**response_header(api, model_name, chunk=False), "choices": choices, "usage": usage}
 
 
-async def stream_events(worker: GenerationWorker, job: Job, api: Api, model_name: str) -> AsyncIterator[str]:
+async def stream_events(requests: list[WorkerRequest], api: Api, model_name: str) -> AsyncIterator[str]:
     """The answer as server-sent events: `data: {chunk}` per piece of text, then `data: [DONE]`.
 
-    All the samples of a request (its prompts x n) go to the worker at once, so they share one batch;
+    All the samples of a request (its prompts x n) went to the worker at once, so they share one batch;
     their chunks interleave as the pieces come, each marked with its choice's index, as OpenAI's do.
+    An error after the answer has started (status 200 is sent already) comes as an event of its own,
+    `data: {"error": {...}}`, before `data: [DONE]`, as vLLM does: the client learns what happened
+    instead of seeing the connection drop.
     """
     header = response_header(api, model_name, chunk=True)  # every chunk of one response shares id and created
 
     def event(choice: dict) -> str:
         return f"data: {json.dumps({**header, 'choices': [choice]})}\n\n"
 
-    samples = list(job.samples())
-    for index, _, _ in samples:
+    for index in range(len(requests)):
         if (opening := api.opening_chunk(index)) is not None:
             yield event(opening)
     chunks: asyncio.Queue = asyncio.Queue()  # (index, text piece, finish_reason or None) or an exception
 
-    async def relay(index: int, prompt: Prompt, params: SamplingParams) -> None:
-        finished: list = []
+    async def relay(index: int, request: WorkerRequest) -> None:
         try:
-            async for piece in worker.stream(prompt, params, finished):
+            async for piece in request.pieces():
                 chunks.put_nowait((index, piece, None))
-            chunks.put_nowait((index, "", finished[0].finish_reason if finished else "stop"))
+            chunks.put_nowait((index, "", request.stream.finish_reason))
         except Exception as exc:  # raised to the response below, not lost in the task
             chunks.put_nowait(exc)
 
-    tasks = [asyncio.create_task(relay(*sample)) for sample in samples]
+    tasks = [asyncio.create_task(relay(index, request)) for index, request in enumerate(requests)]
     try:
-        open_choices = len(samples)
+        open_choices = len(requests)
         while open_choices:
             item = await chunks.get()
             if isinstance(item, Exception):
@@ -375,25 +264,45 @@ async def stream_events(worker: GenerationWorker, job: Job, api: Api, model_name
             index, piece, finish_reason = item
             yield event(api.chunk(index, piece, finish_reason))
             open_choices -= finish_reason is not None
+    except Exception as exc:
+        error = exc if isinstance(exc, ApiError) else internal_error(exc)
+        if not isinstance(exc, ApiError):
+            log.error("a streamed answer failed", exc_info=exc)
+        yield f"data: {json.dumps({'error': error.body()})}\n\n"
     finally:
-        for task in tasks:  # the client went away: its samples' rows stop
+        for task in tasks:  # the client went away, or a sample failed: the samples' rows stop
             task.cancel()
+        for request in requests:
+            request.cancel()
     yield "data: [DONE]\n\n"
 
 
 async def answer(worker: GenerationWorker, job: Job, api: Api, model_name: str, stream: bool):
-    """The response; a prompt cut to fit the context is reported in the `x-lmforge-warning` header and, in a
-    whole (non-streamed) answer, in a `warnings` list (OpenAI clients ignore fields they do not know)."""
-    notes = prompt_warnings(worker.engine, job.prompts)
-    headers = {"x-lmforge-warning": " | ".join(notes)} if notes else None
+    """The response; a prompt cut by truncate_prompt_tokens is reported in the `x-lmforge-warning` header and,
+    in a whole (non-streamed) answer, in a `warnings` list (OpenAI clients ignore fields they do not know)."""
+    requests = submit(worker, job)
+    headers = {"x-lmforge-warning": " | ".join(job.notes)} if job.notes else None
     if stream:
-        return StreamingResponse(stream_events(worker, job, api, model_name), media_type="text/event-stream",
+        return StreamingResponse(stream_events(requests, api, model_name), media_type="text/event-stream",
                                  headers=headers)
-    body = await complete(worker, job, api, model_name)
-    return JSONResponse({**body, "warnings": notes}, headers=headers) if notes else body
+    body = await complete(requests, job, api, model_name)
+    return JSONResponse({**body, "warnings": job.notes}, headers=headers) if job.notes else body
 
 
 # ---- errors ----
+
+def _validation_message(exc: RequestValidationError) -> ApiError:
+    """The most telling of pydantic's errors: for a field that may be a string or a list (stop, prompt),
+    pydantic reports a mismatch for each; the one that is not a type mismatch says what is wrong."""
+    errors = exc.errors()
+    first = next((e for e in errors if not e["type"].endswith("_type")), errors[0])
+    if first["type"] == "json_invalid":
+        return ApiError(400, "the request body is not valid JSON")
+    # Keep field names and list indexes; drop pydantic's names for union members ("list[...]", "function-after[...]").
+    where = [str(part) for part in first["loc"]
+             if part != "body" and (isinstance(part, int) or str(part).replace("_", "").isalnum())]
+    return ApiError(400, f"{'.'.join(where) or 'request body'}: {first['msg']}", param=where[0] if where else None)
+
 
 def add_error_handlers(app: FastAPI) -> None:
     """Every error, ours or FastAPI's, answers with OpenAI's error body."""
@@ -404,12 +313,7 @@ def add_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def invalid_body(request: Request, exc: RequestValidationError) -> JSONResponse:
-        first = exc.errors()[0]
-        if first["type"] == "json_invalid":
-            return ApiError(400, "the request body is not valid JSON").response()
-        where = [str(part) for part in first["loc"] if part != "body"]
-        message = f"{'.'.join(where) or 'request body'}: {first['msg']}"
-        return ApiError(400, message, param=where[0] if where else None).response()
+        return _validation_message(exc).response()
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:  # unknown path, wrong method
@@ -417,15 +321,26 @@ def add_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def server_error(request: Request, exc: Exception) -> JSONResponse:  # a bug: still a JSON answer
-        return ApiError(500, f"internal error: {type(exc).__name__}", kind="server_error").response()
+        log.error("request failed", exc_info=exc)
+        return internal_error(exc).response()
 
 
 # ---- the app ----
 
-def create_app(engine: Engine, model_name: str, template: ChatTemplate,
-               max_tokens_limit: int = MAX_TOKENS_LIMIT, batch_window_s: float = BATCH_WINDOW_S) -> FastAPI:
-    """An OpenAI-compatible app serving `engine` under the name `model_name`."""
-    worker = GenerationWorker(engine, batch_window_s)
+def create_app(engine: Engine, model_name: str, template: ChatTemplate, limits: ServerLimits = ServerLimits(),
+               batch_window_s: float = BATCH_WINDOW_S, api_key: str | None = None,
+               allowed_hosts: list[str] | None = None, max_tokens_limit: int | None = None) -> FastAPI:
+    """An OpenAI-compatible app serving `engine` under the name `model_name`.
+
+    api_key: ask every request but /health for it (Authorization: Bearer). allowed_hosts: answer only
+    requests whose Host header names one of these (None: any). max_tokens_limit: limits.max_tokens.
+    """
+    if max_tokens_limit is not None:
+        limits = replace(limits, max_tokens=max_tokens_limit)
+    worker = GenerationWorker(engine, batch_window_s, limits.max_queued)
+    block_size = engine.model.config.block_size
+    context = Context(block_size, limits.max_model_len or block_size, limits.max_tokens)
+    in_flight = InFlight(limits.max_concurrent_requests)
     started = int(time.time())
 
     @asynccontextmanager
@@ -434,17 +349,33 @@ def create_app(engine: Engine, model_name: str, template: ChatTemplate,
         worker.close()
 
     app = FastAPI(title="lmforge", lifespan=lifespan)
-    app.state.worker = worker
+    app.state.worker, app.state.limits, app.state.in_flight = worker, limits, in_flight
     add_error_handlers(app)
+    # Added innermost first: a request meets the Host check, then the key, then the slot count, then the body limit.
+    app.add_middleware(BodySizeLimit, max_bytes=limits.max_body_bytes)
+    app.add_middleware(ConcurrencyLimit, in_flight=in_flight, paths=GENERATION_PATHS,
+                       retry_after_s=worker.retry_after_s)
+    if api_key:
+        app.add_middleware(ApiKeyCheck, api_key=api_key)
+    if allowed_hosts is not None:
+        app.add_middleware(HostCheck, allowed=allowed_hosts)
 
     def check_model(name: str) -> None:
         if name != model_name:
             raise ApiError(404, f"The model `{name}` does not exist (this server has `{model_name}`)",
                            param="model", code="model_not_found")
 
+    def job(req: SamplingFields, prompts: list[list[int]], max_tokens: int | None, prompt_param: str,
+            extra_stop: tuple[str, ...] = ()) -> Job:
+        fitted, max_tokens, notes = context.fit(prompts, req, max_tokens, prompt_param)
+        return Job(fitted, sampling_params(req, max_tokens, extra_stop), req.n, notes)
+
     @app.get("/health")
-    async def health() -> dict:
-        return {"status": "ok"}
+    async def health():
+        problem = worker.problem()
+        state = {"status": "ok" if problem is None else "unhealthy", "queued": worker.queued(),
+                 "running": worker.running, "requests": in_flight.count}
+        return JSONResponse({**state, "problem": problem}, status_code=503) if problem else state
 
     @app.get("/v1/models")
     async def models() -> dict:
@@ -454,17 +385,21 @@ def create_app(engine: Engine, model_name: str, template: ChatTemplate,
     @app.post("/v1/completions")
     async def completions(req: CompletionRequest):
         check_model(req.model)
-        prompts = [req.prompt] if isinstance(req.prompt, str) else req.prompt
-        job = Job(prompts, sampling_params(req, req.max_tokens, max_tokens_limit), req.n)
-        return await answer(worker, job, CompletionsApi, model_name, req.stream)
+        texts = [req.prompt] if isinstance(req.prompt, str) else req.prompt
+        check_choices(len(texts), req.n)
+        # Tokenized once, on a thread: a long prompt must not hold up the event loop (and /health with it).
+        prompts = await asyncio.to_thread(lambda: [engine.encode(text) for text in texts])
+        return await answer(worker, job(req, prompts, req.max_tokens, "prompt"), CompletionsApi, model_name,
+                            req.stream)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(req: ChatRequest):
         check_model(req.model)
-        prompt = chat_prompt_ids([m.model_dump() for m in req.messages], template, engine.tokenizer)
-        max_tokens = req.max_tokens if req.max_completion_tokens is None else req.max_completion_tokens
-        job = Job([prompt], sampling_params(req, max_tokens, max_tokens_limit, template.stop), req.n)
-        return await answer(worker, job, ChatApi, model_name, req.stream)
+        check_choices(1, req.n)
+        messages = [m.model_dump() for m in req.messages]
+        prompt = await asyncio.to_thread(lambda: engine.encode(chat_prompt_ids(messages, template, engine.tokenizer)))
+        return await answer(worker, job(req, [prompt], req.requested_tokens(), "messages", template.stop), ChatApi,
+                            model_name, req.stream)
 
     return app
 
