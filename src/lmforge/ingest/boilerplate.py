@@ -37,6 +37,7 @@ _DIGITS = re.compile(r"\d+")
 _SPACES = re.compile(r"\s+")
 _LETTER = re.compile(r"[^\W\d_]")
 
+PAGE_NUMBER_MAX_CHARS = 40
 _PAGE_NUMBER_LINE = re.compile(
     r"""^\s*(?:
         page\s+\d{1,4}(?:\s*(?:of|/)\s*\d{1,4})?   # Page 12, Page 3 of 10, page 3/10
@@ -89,5 +90,12 @@ class BoilerplateFinder:
 
 def remove_page_numbers(text: str) -> tuple[str, int]:
     """Drop lines that are only a page number ("12", "- 12 -", "Page 3 of 10"); for PDF text."""
-    kept = [line for line in text.split("\n") if not _PAGE_NUMBER_LINE.match(line)]
+    kept = [line for line in text.split("\n") if not _is_page_number(line)]
     return "\n".join(kept), text.count("\n") + 1 - len(kept)
+
+
+def _is_page_number(line: str) -> bool:
+    # Only short lines are matched: the pattern's leading and trailing \s* make it quadratic on a
+    # long run of spaces (each way to split the run is tried), and a page number is never long.
+    stripped = line.strip()
+    return len(stripped) <= PAGE_NUMBER_MAX_CHARS and bool(_PAGE_NUMBER_LINE.match(stripped))

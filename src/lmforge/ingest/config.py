@@ -110,12 +110,46 @@ class IngestConfig:
     ocr_language: str = field(default="eng", metadata={"help": "Tesseract language code(s), e.g. eng+deu"})
     pdf_min_page_chars: int = field(default=20, metadata={
         "help": "a PDF page with fewer extracted characters is treated as scanned (and OCRed)"})
+    # Limits: what one file may cost. A folder of documents can hold anything (a zip bomb, a FIFO, a
+    # scan of 3,000 blank pages, a 1 GB line); each limit stops one file, reports why in
+    # ingest_report.json (naming the setting), and the ingest goes on. 0 switches a limit off.
+    file_timeout_s: float = field(default=900, metadata={
+        "help": "seconds one file may take to read; a reader still busy then is stopped and the file "
+                "reported failed (raise it for multi-GB tables)"})
+    worker_memory_mb: int = field(default=2048, metadata={
+        "help": "address space one reader process (and the OCR program it starts) may use; a file that "
+                "needs more fails alone"})
+    max_file_mb: float = field(default=64, metadata={
+        "help": "text, markdown, code and HTML files: only this many MB are read (streamed formats: "
+                "CSV, JSON, JSONL, SQL, Parquet are not cut)"})
+    max_line_chars: int = field(default=1_000_000, metadata={
+        "help": "a longer line in any document is cut to this length (such lines are machine output, "
+                "and cost memory and time in cleaning)"})
+    max_pdf_pages: int = field(default=2000, metadata={"help": "PDF pages read per file; later pages are left out"})
+    max_image_pixels: int = field(default=100_000_000, metadata={
+        "help": "images larger than this (width x height, from the file's header) are not decoded; "
+                "larger PDF pages are rendered smaller for OCR"})
+    max_ocr_seconds: float = field(default=600, metadata={
+        "help": "OCR time per file (image or PDF); pages after it are left unread"})
+    max_archive_mb: float = field(default=20_000, metadata={
+        "help": "bytes unpacked from one archive, nested archives inside it included"})
+    max_archive_ratio: float = field(default=100, metadata={
+        "help": "an archive may unpack to this many times its size (at least 1 MB counted): zip bombs "
+                "reach 1000x, text 3-10x"})
+    max_archive_members: int = field(default=100_000, metadata={
+        "help": "members unpacked from one archive, nested archives inside it included"})
+    max_archive_depth: int = field(default=3, metadata={"help": "archives inside archives, this many levels deep"})
     clean: CleanConfig = field(default_factory=CleanConfig, metadata={"help": "cleaning, filtering and deduplication"})
 
     def validate(self) -> None:
-        if self.workers < 0:
-            raise ValueError(f"workers: must be at least 0, got {self.workers}")
+        for name in ("workers", "file_timeout_s", "worker_memory_mb", "max_file_mb", "max_line_chars",
+                     "max_pdf_pages", "max_image_pixels", "max_ocr_seconds", "max_archive_mb",
+                     "max_archive_ratio", "max_archive_members", "max_archive_depth"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name}: must be at least 0, got {getattr(self, name)}")
 
     def reader_options(self) -> ReaderOptions:
         return ReaderOptions(text_fields=self.text_fields, ocr=self.ocr, ocr_language=self.ocr_language,
-                             pdf_min_page_chars=self.pdf_min_page_chars)
+                             pdf_min_page_chars=self.pdf_min_page_chars, max_file_mb=self.max_file_mb,
+                             max_line_chars=self.max_line_chars, max_pdf_pages=self.max_pdf_pages,
+                             max_image_pixels=self.max_image_pixels, max_ocr_seconds=self.max_ocr_seconds)

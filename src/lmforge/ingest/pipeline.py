@@ -1,8 +1,10 @@
 """The ingest pipeline: files -> readers (in parallel) -> cleaning -> dedup -> documents.jsonl + report.
 
-1. Walk the sources (archives opened like folders) and read each file with the reader for its
-   format, in worker processes. Each file's records go to a cache file named by the file's content
-   hash, so a re-run skips unchanged files and the main process never holds a whole corpus.
+1. Walk the sources (archives opened like folders, under limits) and read each file with the
+   reader for its format, in worker processes run by supervisor.py: a file that takes longer than
+   file_timeout_s, or whose reader dies (out of memory, a crash), fails alone and the ingest goes
+   on. Each file's records go to a cache file named by the file's content hash, so a re-run skips
+   unchanged files and the main process never holds a whole corpus.
 2. Pass one over the cached records counts lines repeated across documents (boilerplate).
 3. Pass two cleans each record, drops repeated lines, filters and deduplicates, and appends the
    survivors to documents.jsonl. Every file ends up in ingest_report.json as ok, skipped or failed
@@ -23,8 +25,8 @@ import time
 import traceback
 from collections import Counter
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 
 from tqdm import tqdm
@@ -34,9 +36,11 @@ from .boilerplate import BoilerplateFinder
 from .clean import PROSE_FORMATS, CleanStats, Drop, clean_or_drop, normalized
 from .config import IngestConfig
 from .dedup import Deduplicator
-from .detect import HEAD_BYTES, detect_format
+from .archives import ArchiveLimits
+from .limits import cut_long_lines
 from .readers import READERS
-from .record import ReaderOptions, Record, SkipFile
+from .record import ReaderOptions, Record, SkipFile, note_limit
+from .supervisor import Lost, run_supervised
 from .walk import SkippedItem, WorkItem, scratch_folder, walk
 
 log = logging.getLogger("lmforge.ingest")
@@ -44,7 +48,7 @@ log = logging.getLogger("lmforge.ingest")
 DOCUMENTS_FILE = "documents.jsonl"
 REPORT_FILE = "ingest_report.json"
 # Part of every cache key: bump it when a reader's output changes so stale cache entries are not reused.
-READER_VERSION = 2  # 2: "automatically generated" marks generated code
+READER_VERSION = 3  # 2: "automatically generated" marks generated code; 3: limits on pages, lines, OCR time
 # Cache entries no ingest has used for this long are deleted at the end of an ingest (their files changed,
 # moved away, or were read with other settings).
 CACHE_MAX_AGE_DAYS = 30
@@ -90,8 +94,7 @@ def read_item(item: WorkItem, options: ReaderOptions, cache_dir: Path) -> FileRe
     result = FileResult(source=item.source, group=item.group, format=None, status="ok")
     try:
         result.bytes = item.path.stat().st_size
-        with open(item.path, "rb") as f:
-            result.format = detect_format(item.path, f.read(HEAD_BYTES))
+        result.format = item.format
         if result.format is None:
             raise SkipFile("binary file of no supported format")
         if result.bytes == 0:
@@ -104,7 +107,7 @@ def read_item(item: WorkItem, options: ReaderOptions, cache_dir: Path) -> FileRe
             _mark_used(cache_path, problems_path)
             with open(cache_path, encoding="utf-8") as f:
                 result.records = sum(1 for _ in f)
-            if problems_path.is_file():  # a cached file still reports its malformed lines
+            if problems_path.is_file():  # a cached file still reports its malformed lines and limits hit
                 result.problems = json.loads(problems_path.read_text(encoding="utf-8"))
         else:
             result.records = _read_into_cache(item, result.format, options, cache_path, result.problems)
@@ -114,6 +117,11 @@ def read_item(item: WorkItem, options: ReaderOptions, cache_dir: Path) -> FileRe
             raise SkipFile("no text found")
     except SkipFile as exc:
         result.status, result.reason = "skipped", str(exc)
+    except MemoryError:
+        result.status, result.reason = "failed", ("MemoryError: reading it needs more memory than a reader "
+                                                  "process may use (ingest.worker_memory_mb)")
+    except RecursionError:
+        result.status, result.reason = "failed", "RecursionError: nested too deeply to read"
     except Exception as exc:  # a corrupt file fails alone; the ingest goes on
         result.status, result.reason = "failed", f"{type(exc).__name__}: {exc}".strip()
         log.debug("reading %s failed:\n%s", item.source, traceback.format_exc())
@@ -147,30 +155,45 @@ def prune_cache(cache_dir: Path, max_age_days: float = CACHE_MAX_AGE_DAYS) -> in
 
 def _read_into_cache(item: WorkItem, fmt: str, options: ReaderOptions, cache_path: Path, problems: list) -> int:
     reader = READERS[fmt]
-    kwargs = {"problems": problems} if fmt in {"csv", "json", "jsonl", "parquet"} else {}
     tmp = cache_path.with_suffix(f".tmp{os.getpid()}")
-    count = 0
+    count = lines_cut = 0
     try:
         with open(tmp, "w", encoding="utf-8") as f:
-            for record in reader(item.path, options, **kwargs):
-                if record.text.strip():
-                    f.write(json.dumps({"text": record.text, "format": record.format, "meta": record.meta},
+            for record in reader(item.path, options, problems):
+                text, cut = cut_long_lines(record.text, options.max_line_chars)
+                lines_cut += cut
+                if text.strip():
+                    f.write(json.dumps({"text": text, "format": record.format, "meta": record.meta},
                                        ensure_ascii=False) + "\n")
                     count += 1
         os.replace(tmp, cache_path)  # only complete results enter the cache
     finally:
         tmp.unlink(missing_ok=True)
+    if lines_cut:
+        note_limit(problems, f"{lines_cut:,} line(s) longer than {options.max_line_chars:,} characters cut to "
+                             "that length (ingest.max_line_chars)")
     return count
 
 
-def _read_all(items: list[WorkItem], options: ReaderOptions, cache_dir: Path, workers: int) -> Iterator[FileResult]:
-    if workers <= 1 or len(items) <= 1:
-        for item in items:
-            yield read_item(item, options, cache_dir)
-        return
-    with ProcessPoolExecutor(max_workers=workers) as pool:
-        # map keeps the input order, so reports and documents.jsonl are deterministic.
-        yield from pool.map(read_item, items, [options] * len(items), [cache_dir] * len(items), chunksize=4)
+def _read_all(items: list[WorkItem], options: ReaderOptions, cache_dir: Path, cfg: IngestConfig,
+              workers: int) -> Iterator[FileResult]:
+    """Each item's FileResult, in the items' order, read in supervised worker processes."""
+    # read_item is looked up here, at call time, so a test can swap in a reader that hangs or dies.
+    results = run_supervised(partial(read_item, options=options, cache_dir=cache_dir), items, workers,
+                             seconds=cfg.file_timeout_s, memory_bytes=cfg.worker_memory_mb * 1024 * 1024)
+    for item, result in zip(items, results):
+        yield _lost_file(item, result, cfg) if isinstance(result, Lost) else result
+
+
+def _lost_file(item: WorkItem, lost: Lost, cfg: IngestConfig) -> FileResult:
+    """A failed FileResult for a file whose reader was stopped or died."""
+    if lost.timed_out:
+        reason = f"reading took longer than {cfg.file_timeout_s:g} s and was stopped (ingest.file_timeout_s)"
+    else:
+        reason = (f"{lost.reason}; a fresh reader took over (if it ran out of memory: ingest.worker_memory_mb "
+                  f"allows {cfg.worker_memory_mb:,} MB)")
+    return FileResult(source=item.source, group=item.group, format=item.format, status="failed", reason=reason,
+                      bytes=item.path.stat().st_size)
 
 
 def cached_records(result: FileResult) -> Iterator[Record]:
@@ -198,12 +221,12 @@ def ingest(sources: Sequence[str | Path], out_dir: str | Path, cfg: IngestConfig
     workers = cfg.workers or os.cpu_count() or 1
 
     with scratch_folder() as scratch:
-        walked = list(walk(sources, scratch))
+        walked = list(walk(sources, scratch, ArchiveLimits.from_config(cfg)))
         items = [w for w in walked if isinstance(w, WorkItem)]
-        results = [FileResult(s.source, "", "archive", "skipped", s.reason) for s in walked
+        results = [FileResult(s.source, "", s.format, "skipped", s.reason) for s in walked
                    if isinstance(s, SkippedItem)]
         bar = tqdm(total=len(items), desc="reading", unit="file", file=sys.stderr, disable=quiet)
-        for result in _read_all(items, options, cache_dir, workers):
+        for result in _read_all(items, options, cache_dir, cfg, workers):
             results.append(result)
             bar.update(1)
         bar.close()

@@ -31,3 +31,15 @@ class ReaderOptions:
     ocr: bool = True                      # OCR images and PDF pages without a text layer
     ocr_language: str = "eng"             # Tesseract language code(s), e.g. "eng+deu"
     pdf_min_page_chars: int = 20          # a PDF page with fewer extracted characters is treated as scanned
+    # Limits on what one file may cost (see IngestConfig for why and the defaults); 0 = no limit.
+    max_file_mb: float = 64               # text, markdown, code and HTML files: read this much
+    max_line_chars: int = 1_000_000       # longer lines of any record's text are cut
+    max_pdf_pages: int = 2000             # PDF pages read
+    max_image_pixels: int = 100_000_000   # an image (or a rendered PDF page) larger than this is not decoded
+    max_ocr_seconds: float = 600          # OCR time per file
+
+
+def note_limit(problems: list[str] | None, message: str) -> None:
+    """Record that a limit cut this file's text short (the message names the setting that did)."""
+    if problems is not None:
+        problems.append(message)

@@ -14,7 +14,8 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
-from ..record import ReaderOptions, Record, SkipFile
+from ..limits import file_cut_note, read_at_most
+from ..record import ReaderOptions, Record, SkipFile, note_limit
 from .text import BOMS, decode_bytes
 
 INSTALL_HINT = "pip install 'lmforge[ingest]'"
@@ -24,7 +25,12 @@ INSTALL_HINT = "pip install 'lmforge[ingest]'"
 _DECLARED_CHARSET = re.compile(rb"""<meta[^>]*?charset\s*=\s*["']?\s*([\w.:-]+)""", re.IGNORECASE)
 _CHARSET_SCAN_BYTES = 4096
 
-_TITLE = re.compile(r"<title[^>]*>(.*?)</title>", re.IGNORECASE | re.DOTALL)
+# The title: the first <title> tag, then its closing tag at most MAX_TITLE_CHARS later. Two bounded
+# searches rather than one "<title>(.*?)</title>": that pattern scans to the end of the page from
+# every <title> without a closing tag, so a page of many of them took quadratic time.
+_TITLE_OPEN = re.compile(r"<title\b[^<>]*>", re.IGNORECASE)
+_TITLE_CLOSE = re.compile(r"</title\s*>", re.IGNORECASE)
+MAX_TITLE_CHARS = 2000
 
 # Documentation generators (Sphinx, MkDocs...) end headings with a "¶" permalink anchor.
 _PERMALINK_MARK = re.compile(r"\s*¶$", re.MULTILINE)
@@ -42,11 +48,13 @@ _BLOCK_TAGS = ["p", "div", "br", "li", "tr", "pre", "blockquote", "section", "ar
                "dt", "dd", "h1", "h2", "h3", "h4", "h5", "h6"]
 
 
-def read_html(path: Path, options: ReaderOptions) -> Iterator[Record]:
+def read_html(path: Path, options: ReaderOptions, problems: list[str] | None = None) -> Iterator[Record]:
     """Yield one Record: the page title as the first line, then the page's main text."""
-    data = path.read_bytes()
+    data, size = read_at_most(path, options.max_file_mb)
     if not data.strip():
         raise SkipFile("empty file")
+    if len(data) < size:
+        note_limit(problems, file_cut_note("html", len(data), size))
     page = decode_html(data)
     title = page_title(page)
     text, extractor = main_text(page)
@@ -73,8 +81,13 @@ def decode_html(data: bytes) -> str:
 
 def page_title(page: str) -> str:
     """The text of <title>, entities decoded and whitespace collapsed ("" if there is none)."""
-    match = _TITLE.search(page)
-    return " ".join(html_entities.unescape(match.group(1)).split()) if match else ""
+    opening = _TITLE_OPEN.search(page)
+    if not opening:
+        return ""
+    closing = _TITLE_CLOSE.search(page, opening.end(), opening.end() + MAX_TITLE_CHARS)
+    if not closing:
+        return ""
+    return " ".join(html_entities.unescape(page[opening.end():closing.start()]).split())
 
 
 def main_text(page: str) -> tuple[str, str]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
@@ -34,15 +35,41 @@ def tesseract_available() -> bool:
     return True
 
 
-def ocr_image(image: Image, language: str) -> str:
-    """The text Tesseract reads in `image` ("" if none), in language(s) like "eng" or "eng+deu"."""
+class OcrTimeUp(Exception):
+    """The file's OCR time (ingest.max_ocr_seconds) is used up."""
+
+
+class OcrClock:
+    """The OCR time one file may use, across its pages (`seconds`; 0 = no limit)."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.used = 0.0
+
+    def ocr(self, image: Image, language: str) -> str:
+        """ocr_image within the time left; raises OcrTimeUp when none is left (Tesseract is stopped)."""
+        left = self.seconds - self.used if self.seconds else 0
+        if self.seconds and left <= 0:
+            raise OcrTimeUp
+        start = time.monotonic()
+        try:
+            return ocr_image(image, language, timeout=left)
+        finally:
+            self.used += time.monotonic() - start
+
+
+def ocr_image(image: Image, language: str, timeout: float = 0) -> str:
+    """The text Tesseract reads in `image` ("" if none), in language(s) like "eng" or "eng+deu".
+
+    Tesseract is stopped after `timeout` seconds (0: no limit), raising OcrTimeUp.
+    """
     try:
         import pytesseract
     except ImportError:
         raise SkipFile("OCR needs pytesseract: pip install 'lmforge[ingest]'") from None
     try:
         with _single_threaded():
-            text = pytesseract.image_to_string(_grayscale_on_white(image), lang=language)
+            text = pytesseract.image_to_string(_grayscale_on_white(image), lang=language, timeout=timeout)
     except pytesseract.TesseractNotFoundError:
         raise SkipFile(f"OCR needs the Tesseract program: {INSTALL_TESSERACT}") from None
     except pytesseract.TesseractError as error:
@@ -50,6 +77,10 @@ def ocr_image(image: Image, language: str) -> str:
         if missing:
             lang = missing.group(1)
             raise SkipFile(f"Tesseract has no '{lang}' language data: apt-get install tesseract-ocr-{lang}") from None
+        raise
+    except RuntimeError as error:  # after TesseractError, which is a RuntimeError too
+        if "timeout" in str(error):  # pytesseract's way of saying it killed Tesseract at the timeout
+            raise OcrTimeUp from None
         raise
     return _tidy(text)
 

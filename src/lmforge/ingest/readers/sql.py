@@ -21,7 +21,7 @@ from .tabular import open_text
 # --- SQL dumps -----------------------------------------------------------------------------------
 
 # One token of SQL. Quotes and comments may span lines; when the text read so far ends inside one,
-# no alternative matches and the tokenizer reads another line (see _tokens).
+# no alternative matches and the tokenizer reads more lines (see _tokens).
 _TOKEN = re.compile(r"""
     (?P<string>  '(?:[^'\\]|\\.|'')*'(?!') )      # 'it''s' or 'it\'s'; (?!') so a '' is never split
   | (?P<name>    "(?:[^"]|"")*"(?!") | `[^`]*` | \[[^\]]*\] )   # quoted names: "a", `a`, [a]
@@ -44,7 +44,7 @@ _NOT_WORDS = re.compile(r"""
 """, re.VERBOSE | re.IGNORECASE)
 
 
-def read_sql_dump(path: Path, options: ReaderOptions) -> Iterator[Record]:
+def read_sql_dump(path: Path, options: ReaderOptions, problems: list[str] | None = None) -> Iterator[Record]:
     """One Record per INSERTed row that has text, meta {"table", "row"} (row counts per table).
 
     With options.text_fields, a row's text is those columns' string values; the column names come
@@ -91,17 +91,37 @@ def looks_like_words(value: str) -> bool:
 
 
 def _tokens(lines: Iterable[str]) -> Iterator[tuple[str, str]]:
-    """(kind, text) for each token of SQL read line by line; kind is a group name of _TOKEN."""
-    pending = ""
+    """(kind, text) for each token of SQL read line by line; kind is a group name of _TOKEN.
+
+    While a quote or comment is open, the text from its start is matched again only once it has
+    doubled in length: matching it after every line would re-scan it each time, and a quote that
+    never closes (30,000 lines) would cost quadratic time. Doubling keeps the total linear.
+    """
+    pending: list[str] = []  # lines from the start of an open quote or comment on
+    pending_chars = 0
+    retry_at = 0  # match again once pending_chars reaches this
     for line in lines:
-        pending += line
-        position = 0
-        while match := _TOKEN.match(pending, position):
-            yield match.lastgroup, match.group()
-            position = match.end()
-        pending = pending[position:]  # "" unless a quote or comment is still open
-    if pending:
-        raise ValueError(f"the SQL ends inside a quoted string or comment: {pending[:60]!r}")
+        pending.append(line)
+        pending_chars += len(line)
+        if pending_chars < retry_at:
+            continue
+        tokens, rest = _split_tokens("".join(pending))
+        yield from tokens
+        pending, pending_chars = ([rest], len(rest)) if rest else ([], 0)  # rest: "" unless something is open
+        retry_at = 2 * pending_chars
+    tokens, rest = _split_tokens("".join(pending))
+    yield from tokens
+    if rest:
+        raise ValueError(f"the SQL ends inside a quoted string or comment: {rest[:60]!r}")
+
+
+def _split_tokens(text: str) -> tuple[list[tuple[str, str]], str]:
+    """The tokens `text` starts with, and the rest (from an open quote or comment on)."""
+    tokens, position = [], 0
+    while match := _TOKEN.match(text, position):
+        tokens.append((match.lastgroup, match.group()))
+        position = match.end()
+    return tokens, text[position:]
 
 
 def _statements(tokens: Iterable[tuple[str, str]]) -> Iterator[list[tuple[str, str]]]:
@@ -209,7 +229,7 @@ SQLITE_HEADER = b"SQLite format 3\x00"
 _TEXT_TYPE_MARKERS = ("CHAR", "CLOB", "TEXT")
 
 
-def read_sqlite(path: Path, options: ReaderOptions) -> Iterator[Record]:
+def read_sqlite(path: Path, options: ReaderOptions, problems: list[str] | None = None) -> Iterator[Record]:
     """One Record per row with text in any table, meta {"table", "row"}; never writes to the file."""
     _check_header(path)
     connection = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)

@@ -35,6 +35,7 @@ CSV_FIELD_LIMIT = 64 * 1024 * 1024
 MAX_LISTED_PROBLEMS = 20
 MAX_LISTED_FIELDS = 50
 PARQUET_BATCH_ROWS = 1024
+TOO_DEEP = "JSON nested too deeply to parse (Python's parser stops near 1,000 levels)"
 
 
 def read_csv(path: Path, options: ReaderOptions, problems: list[str] | None = None) -> Iterator[Record]:
@@ -58,11 +59,14 @@ def read_json(path: Path, options: ReaderOptions, problems: list[str] | None = N
     """
     report = _Problems(path, problems)
     with open_text(path) as file:
-        if _starts_with(file, "["):
-            items = enumerate(_array_items(file), start=1)
-        else:
-            items = enumerate(_json_objects(json.load(file)), start=1)
-        yield from _records(path, "json", _only_objects(items, "item", report), options, report)
+        try:
+            if _starts_with(file, "["):
+                items = enumerate(_array_items(file), start=1)
+            else:
+                items = enumerate(_json_objects(json.load(file)), start=1)
+            yield from _records(path, "json", _only_objects(items, "item", report), options, report)
+        except RecursionError:  # the parser recurses per level: Python stops it near 1,000
+            raise ValueError(TOO_DEEP) from None
 
 
 def read_jsonl(path: Path, options: ReaderOptions, problems: list[str] | None = None) -> Iterator[Record]:
@@ -176,6 +180,8 @@ def _jsonl_values(lines: Iterable[str], report: _Problems) -> Iterator[tuple[int
             yield number, json.loads(line)
         except json.JSONDecodeError as error:
             report.add(f"line {number}: invalid JSON ({error.msg})")
+        except RecursionError:
+            report.add(f"line {number}: {TOO_DEEP}")
 
 
 def _only_objects(values: Iterable[tuple[int, object]], unit: str, report: _Problems) -> Iterator[tuple[int, dict]]:

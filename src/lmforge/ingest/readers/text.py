@@ -8,7 +8,8 @@ from pathlib import Path
 
 from ..code_quality import GENERATED_MARKERS, HEADER_LINES
 from ..detect import code_language
-from ..record import ReaderOptions, Record, SkipFile
+from ..limits import file_cut_note, read_at_most
+from ..record import ReaderOptions, Record, SkipFile, note_limit
 
 BOMS = [(codecs.BOM_UTF8, "utf-8-sig"), (codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"),
         (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16")]
@@ -55,21 +56,25 @@ def _guess_legacy_encoding(data: bytes) -> str | None:
     return best.encoding
 
 
-def read_text_file(path: Path) -> tuple[str, str]:
-    data = path.read_bytes()
+def read_text_file(path: Path, options: ReaderOptions, problems: list[str] | None = None,
+                   kind: str = "text") -> tuple[str, str]:
+    """The file's text and encoding, up to options.max_file_mb (a cut is noted in `problems`)."""
+    data, size = read_at_most(path, options.max_file_mb)
     if not data.strip():
         raise SkipFile("empty file")
+    if len(data) < size:
+        note_limit(problems, file_cut_note(kind, len(data), size))
     return decode_bytes(data)
 
 
-def read_text(path: Path, options: ReaderOptions) -> Iterator[Record]:
-    text, encoding = read_text_file(path)
+def read_text(path: Path, options: ReaderOptions, problems: list[str] | None = None) -> Iterator[Record]:
+    text, encoding = read_text_file(path, options, problems)
     fmt = "markdown" if path.suffix.lower() in {".md", ".markdown", ".mdx"} else "text"
     yield Record(text, str(path), fmt, {"encoding": encoding})
 
 
-def read_code(path: Path, options: ReaderOptions) -> Iterator[Record]:
-    text, encoding = read_text_file(path)
+def read_code(path: Path, options: ReaderOptions, problems: list[str] | None = None) -> Iterator[Record]:
+    text, encoding = read_text_file(path, options, problems, kind="code")
     lines = text.splitlines() or [""]
     if max(map(len, lines)) > MINIFIED_LINE_CHARS and len(text) / len(lines) > MINIFIED_MEAN_LINE_CHARS:
         raise SkipFile("minified code (very long lines)")
