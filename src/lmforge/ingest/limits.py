@@ -35,7 +35,11 @@ def _utf8_boundary(data: bytes) -> int:
 
 
 def file_cut_note(kind: str, kept: int, size: int) -> str:
-    return (f"{kind}: read the first {kept / MB:,.1f} MB of {size / MB:,.1f} MB (ingest.max_file_mb)")
+    return f"{kind}: read the first {_size(kept)} of {_size(size)} (ingest.max_file_mb)"
+
+
+def _size(count: int) -> str:
+    return f"{count / MB:,.1f} MB" if count >= MB // 10 else f"{count / 1024:,.0f} KB"
 
 
 def cut_long_lines(text: str, max_chars: int) -> tuple[str, int]:
