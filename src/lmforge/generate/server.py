@@ -132,6 +132,14 @@ class Context:
         return fitted, max_tokens, notes
 
 
+def check_logit_bias(req: SamplingFields, vocab_size: int) -> None:
+    """logit_bias keys must be token ids of this model's vocabulary (their form is checked with the body)."""
+    for key in req.logit_bias or {}:
+        if len(key) > 9 or int(key) >= vocab_size:  # the length first: int() of a huge digit string is slow
+            raise ApiError(400, f"logit_bias: {key[:20]} is not a token id of this model (0 to {vocab_size - 1})",
+                           param="logit_bias")
+
+
 def sampling_params(req: SamplingFields, max_tokens: int, extra_stop: tuple[str, ...] = ()) -> SamplingParams:
     """The engine's SamplingParams for a request whose fields are checked already."""
     params = SamplingParams(max_new_tokens=max_tokens, temperature=req.temperature, top_p=req.top_p,
@@ -360,10 +368,13 @@ def create_app(engine: Engine, model_name: str, template: ChatTemplate, limits: 
     if allowed_hosts is not None:
         app.add_middleware(HostCheck, allowed=allowed_hosts)
 
-    def check_model(name: str) -> None:
-        if name != model_name:
-            raise ApiError(404, f"The model `{name}` does not exist (this server has `{model_name}`)",
+    def check(req: SamplingFields, prompts: int) -> None:
+        """What can be checked before tokenizing."""
+        if req.model != model_name:
+            raise ApiError(404, f"The model `{req.model}` does not exist (this server has `{model_name}`)",
                            param="model", code="model_not_found")
+        check_choices(prompts, req.n)
+        check_logit_bias(req, engine.tokenizer.vocab_size)
 
     def job(req: SamplingFields, prompts: list[list[int]], max_tokens: int | None, prompt_param: str,
             extra_stop: tuple[str, ...] = ()) -> Job:
@@ -384,9 +395,8 @@ def create_app(engine: Engine, model_name: str, template: ChatTemplate, limits: 
 
     @app.post("/v1/completions")
     async def completions(req: CompletionRequest):
-        check_model(req.model)
         texts = [req.prompt] if isinstance(req.prompt, str) else req.prompt
-        check_choices(len(texts), req.n)
+        check(req, len(texts))
         # Tokenized once, on a thread: a long prompt must not hold up the event loop (and /health with it).
         prompts = await asyncio.to_thread(lambda: [engine.encode(text) for text in texts])
         return await answer(worker, job(req, prompts, req.max_tokens, "prompt"), CompletionsApi, model_name,
@@ -394,8 +404,7 @@ def create_app(engine: Engine, model_name: str, template: ChatTemplate, limits: 
 
     @app.post("/v1/chat/completions")
     async def chat_completions(req: ChatRequest):
-        check_model(req.model)
-        check_choices(1, req.n)
+        check(req, 1)
         messages = [m.model_dump() for m in req.messages]
         prompt = await asyncio.to_thread(lambda: engine.encode(chat_prompt_ids(messages, template, engine.tokenizer)))
         return await answer(worker, job(req, [prompt], req.requested_tokens(), "messages", template.stop), ChatApi,
