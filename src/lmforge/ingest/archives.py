@@ -116,7 +116,8 @@ def _refusal(member: Member, target: Path) -> str | None:
 
 def _stays_inside(name: str, target: Path) -> bool:
     parts = PurePosixPath(name.replace("\\", "/")).parts
-    if not parts or name.startswith(("/", "\\")) or ".." in parts or ":" in parts[0]:  # ":": a Windows drive
+    windows_drive = len(parts[0]) == 2 and parts[0][1] == ":" if parts else False  # C:
+    if not parts or name.startswith(("/", "\\")) or ".." in parts or windows_drive:
         return False
     return (target / name).resolve().is_relative_to(target)
 

@@ -99,7 +99,10 @@ class _Worker:
     def start_task(self, index: int, task: object, seconds: float) -> None:
         self.index = index
         self.deadline = time.monotonic() + seconds if seconds else None
-        self.connection.send((index, task))
+        try:
+            self.connection.send((index, task))
+        except OSError:  # it died while idle: outcome() finds it dead and reports the task lost
+            pass
 
     def outcome(self, seconds: float) -> object | None:
         """The task's result, a Lost, or None while it is still running in time."""
