@@ -74,15 +74,21 @@ def test_serve_answers_until_interrupted(checkpoint):
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     server = subprocess.Popen([*LMFORGE, "serve", checkpoint, "--port", str(port), "--model-name", "tiny",
-                               "--batch-window-ms", "5"],
+                               "--batch-window-ms", "5", "--max-body-bytes", "1000"],
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                              env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                              env={**os.environ, "PYTHONUNBUFFERED": "1", "LMFORGE_API_KEY": "s3cret"})
+    key = {"Authorization": "Bearer s3cret"}
     try:
         url = f"http://127.0.0.1:{port}"
-        models = _wait_for(f"{url}/v1/models", server)
+        assert _wait_for(f"{url}/health", server)["status"] == "ok"  # open without the key
+        assert httpx.get(f"{url}/v1/models").status_code == 401
+        assert httpx.get(f"{url}/v1/models", headers={**key, "Host": "attacker.example"}).status_code == 421
+        models = httpx.get(f"{url}/v1/models", headers=key).json()
         assert [m["id"] for m in models["data"]] == ["tiny"]
         body = {"model": "tiny", "prompt": "Hello", "max_tokens": 3, "temperature": 0}
-        reply = httpx.post(f"{url}/v1/completions", json=body).json()
+        too_big = httpx.post(f"{url}/v1/completions", json={**body, "prompt": "a" * 2000}, headers=key)
+        assert too_big.status_code == 413
+        reply = httpx.post(f"{url}/v1/completions", json=body, headers=key).json()
         # A random-weight model may pick end-of-text early; otherwise it runs to max_tokens.
         finished = reply["choices"][0]["finish_reason"]
         tokens = reply["usage"]["completion_tokens"]
