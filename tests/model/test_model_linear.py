@@ -15,10 +15,17 @@ from lmforge.model.linear import PACK_AFTER_CALLS, PACKED, PLAIN, WEIGHT_MAJOR, 
 from lmforge.tokenizer import CharTokenizer
 
 
+def fake_meminfo(monkeypatch, tmp_path, available_kib):
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text(f"MemTotal:       {available_kib * 2} kB\nMemFree:        1024 kB\n"
+                       f"MemAvailable:   {available_kib} kB\n")
+    monkeypatch.setattr(linear_module, "_MEMINFO", meminfo)
+
+
 @pytest.fixture(autouse=True)
-def fresh_choices(monkeypatch):
+def fresh_choices(monkeypatch, tmp_path):
     monkeypatch.setattr(linear_module, "_layout_choice", {})
-    monkeypatch.setattr(linear_module, "_memory_allows", lambda weight: True)
+    fake_meminfo(monkeypatch, tmp_path, 64 << 20)  # 64 GiB available; the real guard still runs on it
 
 
 def force_layout(monkeypatch, layout, unpacked=PLAIN):
@@ -94,10 +101,20 @@ def test_a_changed_weight_is_never_served_from_a_stale_copy(monkeypatch):
     torch.testing.assert_close(*decode_step(layer), rtol=1e-5, atol=1e-5)
 
 
-def test_no_copy_is_made_when_memory_is_short(monkeypatch):
+def test_the_memory_guard_reads_what_is_available(monkeypatch, tmp_path):
+    weight = torch.empty(1024, 1024)  # 4 MiB: a packed copy needs ~6.4 MiB on top of the 1 GiB reserve
+    fake_meminfo(monkeypatch, tmp_path, (1 << 20) + 7 * 1024)
+    assert linear_module._memory_allows(weight)
+    fake_meminfo(monkeypatch, tmp_path, (1 << 20) + 6 * 1024)
+    assert not linear_module._memory_allows(weight)
+    monkeypatch.setattr(linear_module, "_MEMINFO", tmp_path / "missing")  # no /proc: do not risk it
+    assert not linear_module._memory_allows(weight)
+
+
+def test_no_copy_is_made_when_memory_is_short(monkeypatch, tmp_path):
     layer = Linear(32, 40)
     force_layout(monkeypatch, PACKED, WEIGHT_MAJOR)
-    monkeypatch.setattr(linear_module, "_memory_allows", lambda weight: False)
+    fake_meminfo(monkeypatch, tmp_path, 512 * 1024)  # half a GiB: below the reserve
     for _ in range(PACK_AFTER_CALLS + 2):
         y, expected = decode_step(layer)
         torch.testing.assert_close(y, expected, rtol=1e-5, atol=1e-5)

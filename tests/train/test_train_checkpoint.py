@@ -1,6 +1,7 @@
 """Checkpoint folders: atomic replacement, resume discovery, pruning, safe loading."""
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -137,3 +138,86 @@ def _tiny_model_and_tokenizer(tmp_path):
     tokenizer = build_tokenizer("char", lambda: iter(["hello world"]))
     model = GPT(ModelConfig(n_layer=1, n_head=1, n_embd=8, block_size=8, vocab_size=tokenizer.vocab_size))
     return model, tokenizer
+
+
+def saved_run(tmp_path, tokenizer, steps=(10, 20)):
+    for step in steps:
+        folder = ckpt.save_checkpoint(tmp_path, f"step-{step:06d}", tiny_model(step), tokenizer, {"step": step},
+                                      {"x": torch.full((4,), float(step))})
+        ckpt.link_checkpoint(folder, "last")
+    return tmp_path
+
+
+def test_a_manifest_lists_every_file_with_its_size_and_checksum(tmp_path, tokenizer):
+    folder = saved_run(tmp_path, tokenizer, steps=(10,)) / "last"
+    manifest = json.loads((folder / "manifest.json").read_text())["files"]
+    assert sorted(manifest) == sorted(p.name for p in folder.iterdir() if p.name != "manifest.json")
+    weights = folder / "model.safetensors"
+    assert manifest["model.safetensors"]["bytes"] == weights.stat().st_size
+    import zlib
+    assert manifest["model.safetensors"]["crc32"] == zlib.crc32(weights.read_bytes())
+    assert ckpt.resume_problem(folder) is None
+
+
+def damage(path, how):
+    data = bytearray(path.read_bytes())
+    if how == "truncate":
+        data = data[: len(data) // 2]
+    else:  # flip one bit in the middle: the size stays, the checksum does not
+        data[len(data) // 2] ^= 1
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("name", ["model.safetensors", "train_state.pt", "meta.json", "config.json"])
+@pytest.mark.parametrize("how, says", [("truncate", "bytes, .* were written"), ("flip", "checksum differs")])
+def test_a_truncated_or_altered_file_marks_the_checkpoint_damaged(tmp_path, tokenizer, name, how, says):
+    run = saved_run(tmp_path, tokenizer)
+    # Writing a new file (not in place) leaves step-000020's hard-linked copy alone.
+    target = run / "last" / name
+    data = target.read_bytes()
+    target.unlink()
+    target.write_bytes(data)
+    damage(target, how)
+    assert ckpt.resume_problem(run / "last") is not None
+    assert re.search(f"{re.escape(name)} .*{says}|{re.escape(name)} has .*{says}", ckpt.resume_problem(run / "last"))
+    path, damaged = ckpt.choose_resume(run)
+    assert path == run / "step-000020" and [p.name for p, _ in damaged] == ["last"]
+
+
+def test_a_missing_file_marks_the_checkpoint_damaged(tmp_path, tokenizer):
+    run = saved_run(tmp_path, tokenizer)
+    (run / "last" / "train_state.pt").unlink()
+    assert ckpt.resume_problem(run / "last") == "train_state.pt missing"
+
+
+def test_damage_through_the_hard_link_falls_back_two_checkpoints(tmp_path, tokenizer):
+    run = saved_run(tmp_path, tokenizer, steps=(10, 20, 30))
+    with open(run / "last" / "model.safetensors", "r+b") as file:  # in place: step-000030 shares the file
+        file.truncate(100)
+    path, damaged = ckpt.choose_resume(run)
+    assert path == run / "step-000020"
+    assert [p.name for p, _ in damaged] == ["last", "step-000030"]
+
+
+def test_without_a_manifest_the_structure_is_checked(tmp_path, tokenizer):
+    """Checkpoints written before manifests existed: the files must still parse and be complete."""
+    run = saved_run(tmp_path, tokenizer)
+    for folder in (run / "last", run / "step-000020", run / "step-000010"):
+        (folder / "manifest.json").unlink(missing_ok=True)
+    assert ckpt.resume_problem(run / "step-000010") is None
+    damage(run / "step-000010" / "model.safetensors", "truncate")  # also step-000010's only copy
+    assert "model.safetensors is damaged" in ckpt.resume_problem(run / "step-000010")
+    state = run / "step-000020" / "train_state.pt"
+    data = state.read_bytes()
+    state.unlink()  # a new file, not the hard link's: last/ keeps the intact one
+    state.write_bytes(data[:-40])
+    assert "train_state.pt is damaged" in ckpt.resume_problem(run / "step-000020")
+    assert ckpt.resume_problem(run / "last") is None
+
+
+def test_a_newer_step_folder_beats_an_older_last(tmp_path, tokenizer):
+    """Killed after step-000030/ was written but before last/ pointed at it: continue from step 30."""
+    run = saved_run(tmp_path, tokenizer)
+    ckpt.save_checkpoint(run, "step-000030", tiny_model(30), tokenizer, {"step": 30}, {"x": torch.ones(1)})
+    assert [p.name for p in ckpt.resume_candidates(run)] == ["step-000030", "last", "step-000020", "step-000010"]
+    assert ckpt.find_resume(run) == run / "step-000030"

@@ -92,6 +92,111 @@ def test_resume_after_interrupt_gives_bit_identical_losses(tiny_data, tmp_path):
     assert a["val_loss"] == b["val_loss"]
 
 
+class Crash(Exception):
+    """Stands in for kill -9: the process ends in the middle of a step and saves nothing."""
+
+
+def crashing_at_micro_batch(n):
+    calls = {"n": 0}
+
+    def loss_fn(model, x, y):
+        calls["n"] += model.training  # validation calls do not count
+        if model.training and calls["n"] == n:
+            raise Crash
+        return lm_loss_sum(model, x, y)
+    return loss_fn
+
+
+def bf16_trainer(data_dir, run_dir, loss_fn=lm_loss_sum, **train):
+    trainer = make_trainer(data_dir, run_dir, loss_fn, dropout=0.1, max_steps=30, grad_accum_steps=2,
+                           save_interval=10, **train)
+    trainer.precision = "bf16"
+    return trainer
+
+
+def test_a_crash_between_saves_with_accumulation_in_bf16_resumes_exactly_from_the_last_save(tiny_data, tmp_path):
+    straight = bf16_trainer(tiny_data, tmp_path / "straight")
+    straight.fit()
+    run = tmp_path / "crashed"
+    with pytest.raises(Crash):  # the second micro-batch of step 15: 14 steps done, 4 past the last save
+        bf16_trainer(tiny_data, run, crashing_at_micro_batch(2 * 14 + 2)).fit()
+    assert json.loads((run / "last" / "meta.json").read_text())["step"] == 10
+    assert metrics(run)["steps"][-1] == 14  # the log ran ahead of the checkpoint; resume rewinds it
+    resumed = bf16_trainer(tiny_data, run, resume="auto")
+    assert resumed.state.step == 10
+    resumed.fit()
+    a, b = metrics(tmp_path / "straight"), metrics(run)
+    assert a["steps"] == b["steps"] == list(range(1, 31))
+    assert a["train_loss"] == b["train_loss"] and a["val_loss"] == b["val_loss"]
+
+
+def test_an_interrupt_at_a_step_that_is_not_a_save_step_resumes_exactly(tiny_data, tmp_path):
+    straight = bf16_trainer(tiny_data, tmp_path / "straight")
+    straight.fit()
+    calls = {"n": 0}
+
+    def interrupt_in_step_15(model, x, y):
+        calls["n"] += model.training
+        if model.training and calls["n"] == 2 * 14 + 1:  # first micro-batch of step 15
+            os.kill(os.getpid(), signal.SIGINT)
+        return lm_loss_sum(model, x, y)
+
+    run = tmp_path / "interrupted"
+    assert bf16_trainer(tiny_data, run, interrupt_in_step_15).fit().steps == 15  # the step completes, then saves
+    assert json.loads((run / "last" / "meta.json").read_text())["step"] == 15
+    resumed = bf16_trainer(tiny_data, run, resume="auto")
+    assert resumed.state.step == 15
+    resumed.fit()
+    a, b = metrics(tmp_path / "straight"), metrics(run)
+    assert a["steps"] == b["steps"] and a["train_loss"] == b["train_loss"]
+    assert a["val_loss"][14] is None and b["val_loss"][14] is not None  # the interrupt evaluates before it saves
+    assert a["val_loss"][:14] + a["val_loss"][15:] == b["val_loss"][:14] + b["val_loss"][15:]
+
+
+def test_bf16_precision_runs_the_matmuls_in_bf16_and_fp32_does_not(tiny_data, tmp_path):
+    seen = {}
+    for precision in ("bf16", "fp32"):
+        trainer = make_trainer(tiny_data, tmp_path / precision)
+        trainer.precision = precision
+        first_linear = next(m for m in trainer.model.modules() if isinstance(m, torch.nn.Linear))
+
+        def record_dtype(module, args, out, precision=precision):
+            seen.setdefault(precision, out.dtype)
+
+        handle = first_linear.register_forward_hook(record_dtype)
+        trainer.train_step()
+        handle.remove()
+        assert trainer.model.tok_emb.weight.dtype == torch.float32  # master weights stay fp32 either way
+    assert seen == {"bf16": torch.bfloat16, "fp32": torch.float32}
+
+
+def test_resume_skips_a_damaged_last_and_continues_exactly_from_the_newest_intact_step(tiny_data, tmp_path, capsys):
+    straight = make_trainer(tiny_data, tmp_path / "straight", dropout=0.1, max_steps=40)
+    straight.fit()
+    run = tmp_path / "run"
+    with pytest.raises(Crash):
+        make_trainer(tiny_data, run, crashing_at_micro_batch(31), dropout=0.1, max_steps=40).fit()
+    weights = run / "last" / "model.safetensors"  # a hard link of step-000030's: both are damaged
+    with open(weights, "r+b") as file:
+        file.truncate(weights.stat().st_size // 2)
+    resumed = make_trainer(tiny_data, run, dropout=0.1, max_steps=40, resume="auto")
+    out = capsys.readouterr().out
+    assert "last/ is damaged (model.safetensors has" in out and "step-000030/ is damaged" in out
+    assert "falling back to step-000020/" in out
+    assert resumed.state.step == 20
+    resumed.fit()
+    a, b = metrics(tmp_path / "straight"), metrics(run)
+    assert a["steps"] == b["steps"] and a["train_loss"] == b["train_loss"]
+
+
+def test_an_explicit_resume_of_a_damaged_checkpoint_is_refused(tiny_data, tmp_path):
+    run = tmp_path / "run"
+    make_trainer(tiny_data, run, max_steps=10).fit()
+    (run / "step-000010" / "train_state.pt").write_bytes(b"PK\x03\x04 not really")
+    with pytest.raises(ValueError, match=r"step-000010 is damaged: train_state.pt has"):
+        make_trainer(tiny_data, run, max_steps=20, resume=str(run / "step-000010"))
+
+
 def test_run_writes_every_artifact(tiny_data, tmp_path):
     run = tmp_path / "run"
     result = make_trainer(tiny_data, run, max_steps=30, sample_interval=15, keep_last=1).fit()

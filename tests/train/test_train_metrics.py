@@ -165,3 +165,20 @@ def test_missing_tensorboard_logs_one_warning_and_training_goes_on(tmp_path, mon
     warnings = [record.getMessage() for record in caplog.records]
     assert len(warnings) == 1 and "pip install lmforge[track]" in warnings[0]
     assert load_metrics(tmp_path)["steps"] == [0, 10, 20]
+
+
+def test_resume_keeps_a_damaged_log_aside_and_starts_afresh(tmp_path, caplog):
+    log = MetricsLog(tmp_path)
+    log_rows(log, [10, 20])
+    text = (tmp_path / METRICS_FILENAME).read_text()
+    (tmp_path / METRICS_FILENAME).write_text(text[: len(text) // 2])  # e.g. written by a full disk
+    (tmp_path / f".{METRICS_FILENAME}.abc123.tmp").write_text("{")  # a rewrite killed half-way
+
+    resumed = MetricsLog.resume(tmp_path, up_to_step=20)
+
+    assert resumed.to_dict()["steps"] == []
+    assert (tmp_path / f"{METRICS_FILENAME}.damaged").read_text() == text[: len(text) // 2]
+    assert "starting the metrics log afresh" in caplog.text
+    assert not list(tmp_path.glob("*.tmp"))
+    log_rows(resumed, [30])
+    assert load_metrics(tmp_path)["steps"] == [30]

@@ -1,7 +1,5 @@
 """precision: auto picks what is faster here, says why, and a resumed run keeps its precision."""
 
-import json
-
 import torch
 
 from lmforge.model.config import preset_config
@@ -53,12 +51,13 @@ def test_the_probe_leaves_no_trace(monkeypatch):
 
 
 def test_a_resumed_run_keeps_the_precision_it_started_with(tmp_path):
-    last = tmp_path / "last"
-    last.mkdir()
-    (last / "meta.json").write_text(json.dumps({"step": 10, "precision": "bf16"}))
-    (last / "model.safetensors").write_bytes(b"")
-    (last / "config.json").write_text("{}")
-    (last / "train_state.pt").write_bytes(b"")
+    from lmforge.model.config import ModelConfig
+    from lmforge.tokenizer import CharTokenizer
+    from lmforge.train import checkpoint as ckpt
+
+    model = GPT(ModelConfig(n_layer=1, n_head=2, n_embd=16, block_size=8, vocab_size=12))
+    ckpt.save_checkpoint(tmp_path, "last", model, CharTokenizer.train(["abcdefghij"]),
+                         {"step": 10, "precision": "bf16"}, {"x": torch.ones(1)})
     assert precision_of_resumed_run(tmp_path, "auto") == "bf16"
     assert precision_of_resumed_run(tmp_path, "never") is None
     assert precision_of_resumed_run(tmp_path / "elsewhere", "auto") is None

@@ -1,11 +1,9 @@
 """model.fit_to_budget: the speed probe that picks a model's shape for a time budget."""
 
-import json
-
 import pytest
 import torch
 
-from lmforge.model.config import preset_config
+from lmforge.model.config import ModelConfig, preset_config
 from lmforge.train import sizing
 from lmforge.train.config import TrainConfig
 from lmforge.train.optim import build_optimizer
@@ -63,9 +61,13 @@ def test_the_probe_times_real_training_steps():
 def test_a_resumed_run_keeps_the_shape_it_started_with(tmp_path):
     from lmforge.train.pretrain import size_to_budget
 
+    from lmforge.model.gpt import GPT
+    from lmforge.tokenizer import CharTokenizer
+    from lmforge.train import checkpoint as ckpt
+
     run = tmp_path / "run"
-    (run / "last").mkdir(parents=True)
-    (run / "last" / "config.json").write_text(json.dumps({"n_layer": 3, "n_embd": 96}))
+    model = GPT(ModelConfig(n_layer=3, n_head=3, n_embd=96, block_size=8, vocab_size=12))
+    ckpt.save_checkpoint(run, "last", model, CharTokenizer.train(["abcdefghij"]), {"step": 5}, {"x": torch.ones(1)})
     cfg = TrainConfig(out_dir=str(run), max_steps=None, max_time=60.0)
     chosen = size_to_budget(preset_config("gpt2-tiny"), cfg, tmp_path / "no-data", 64, torch.device("cpu"), 50.0)
     assert (chosen.n_layer, chosen.n_embd, chosen.n_head) == (3, 96, 3)

@@ -41,6 +41,7 @@ _PROBE_MIN_RUNS = 3
 _STREAMING_ROWS = 8  # from this row bucket on, the probe gives near-ties to the weight-major layout
 _PACKED_SIZE = 1.6  # MKL's packed copy of an fp32 weight, relative to the weight (measured: 240 vs 154 MB)
 _MEMORY_RESERVE = 1 << 30  # packing never leaves less than this much memory available
+_MEMINFO = Path("/proc/meminfo")  # where Linux says how much memory is available
 # (out, in, dtype, row bucket, threads) -> (fastest way, fastest way that needs no packed copy)
 _layout_choice: dict[tuple, tuple[str, str]] = {}
 
@@ -151,7 +152,7 @@ def _memory_allows(weight: torch.Tensor) -> bool:
     """True when a packed copy of `weight` leaves at least _MEMORY_RESERVE of memory available (Linux)."""
     needed = _PACKED_SIZE * weight.numel() * weight.element_size() + _MEMORY_RESERVE
     try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
+        for line in _MEMINFO.read_text().splitlines():
             if line.startswith("MemAvailable:"):
                 return int(line.split()[1]) * 1024 > needed
     except OSError:

@@ -5,8 +5,10 @@ A checkpoint folder holds `model.safetensors` (weights; no pickle, safe to load 
 `last/` and `step-NNNNNN/` also hold `train_state.pt` (optimizer, scaler, RNG states, data
 position), read back with `torch.load(weights_only=True)`.
 
-Every folder is written under a temporary name and renamed into place, so a kill at any moment
-leaves the previous checkpoint intact.
+Every folder is written under a temporary name, its files and a manifest of their sizes and checksums
+fsynced, and only then renamed into place, so a kill or a power cut at any moment leaves the previous
+checkpoint intact. Resuming checks the manifest (train/integrity.py) and falls back to the newest
+intact checkpoint when the newest one is damaged.
 
 A run of several processes (torchrun) writes the same files, from rank 0 only, with whole
 (consolidated) weights and optimizer state even when training shards them (lmforge.distributed.state_dict);
@@ -28,6 +30,7 @@ from safetensors.torch import load_model, save_model
 from ..model.config import ModelConfig, config_from_dict, config_to_dict
 from ..model.gpt import GPT
 from ..model.hf import build_model, config_from_hf, is_hf_checkpoint, load_hf_model, read_hf_config
+from .integrity import checkpoint_problem, write_manifest
 
 STEP_DIR = re.compile(r"^step-(\d{6,})$")
 ADAPTER_CONFIG = "adapter_config.json"  # LoRA checkpoints: adapters only, plus where their base lives
@@ -119,6 +122,7 @@ def save_checkpoint(run_dir: str | Path, name: str, model: GPT, tokenizer, meta:
         _write_json(tmp / "meta.json", meta)
         if train_state is not None:
             torch.save(train_state, tmp / "train_state.pt")
+        write_manifest(tmp)
         _replace_dir(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)  # a failed save (a full disk) leaves the last good one alone
@@ -158,13 +162,51 @@ def is_checkpoint(path: str | Path) -> bool:
     return any((path / f).is_file() for f in WEIGHT_FILES) and (path / "config.json").is_file()
 
 
+def resume_candidates(run_dir: str | Path) -> list[Path]:
+    """The folders a run could continue from, newest step first: last/ (or its aside copy from an
+    interrupted save) and the step-NNNNNN/ folders. last/ comes first among equals, and first of all
+    when its step cannot be read (so its damage gets reported)."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        return []
+    found = []
+    for rank, name in enumerate(("last", ".old-last")):
+        if (run_dir / name).is_dir():
+            found.append((_saved_step(run_dir / name), -rank, run_dir / name))
+    for path in run_dir.iterdir():
+        if path.is_dir() and (match := STEP_DIR.match(path.name)):
+            found.append((int(match.group(1)), -2, path))
+    return [path for *_, path in sorted(found, key=lambda item: (item[0], item[1]), reverse=True)]
+
+
+def _saved_step(folder: Path) -> float:
+    try:
+        return int(read_meta(folder)["step"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return float("inf")
+
+
+def resume_problem(folder: str | Path) -> str | None:
+    """Why a run cannot continue from `folder` (damaged, incomplete), or None when it can."""
+    folder = Path(folder)
+    weights = ADAPTER_WEIGHTS if (folder / ADAPTER_CONFIG).is_file() else "model.safetensors"
+    return checkpoint_problem(folder, ("config.json", "meta.json", weights, "train_state.pt"))
+
+
+def choose_resume(run_dir: str | Path) -> tuple[Path | None, list[tuple[Path, str]]]:
+    """The newest intact checkpoint to continue from (or None), and the damaged ones skipped on the way."""
+    damaged = []
+    for path in resume_candidates(run_dir):
+        problem = resume_problem(path)
+        if problem is None:
+            return path, damaged
+        damaged.append((path, problem))
+    return None, damaged
+
+
 def find_resume(run_dir: str | Path) -> Path | None:
-    """The checkpoint a resumed run continues from: last/, or its aside copy from an interrupted save."""
-    for name in ("last", ".old-last"):
-        path = Path(run_dir) / name
-        if is_checkpoint(path) and (path / "train_state.pt").is_file():
-            return path
-    return None
+    """The checkpoint a resumed run continues from: the newest intact one (see choose_resume)."""
+    return choose_resume(run_dir)[0]
 
 
 def load_train_state(ckpt_dir: str | Path) -> dict:

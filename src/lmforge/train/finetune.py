@@ -39,6 +39,7 @@ from .loop import Trainer, TrainResult
 from .model_files import ClassifierFiles, LoRAFiles, with_chat_template
 from .objectives import classification_loss, lm_loss_sum
 from .precision import run_precision
+from .run_folder import claim_run_folder
 from .pretrain import describe_parallelism, prepare_data
 
 
@@ -68,7 +69,7 @@ def run_finetuning(model_cfg: ModelConfig, data_cfg: DataConfig, train_cfg: Trai
                          "checkpoint folder or a Hugging Face model folder")
     dist_cfg = dist_cfg or DistConfig()
     with distributed_session(dist_cfg, train_cfg.device) as (env, device):
-        with quiet_unless_main(env):
+        with quiet_unless_main(env), claim_run_folder(train_cfg.out_dir, train_cfg.resume, env.is_main):
             return _finetune(model_cfg, data_cfg, train_cfg, ft, ingest_cfg, config_yaml, dist_cfg, env, device)
 
 

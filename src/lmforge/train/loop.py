@@ -157,15 +157,31 @@ class Trainer:
         """The checkpoint this run continues from, per train.resume (None: start fresh)."""
         resume = self.cfg.resume
         if resume == "never":
-            if ckpt.find_resume(self.run_dir) is not None:
+            if ckpt.find_resume(self.run_dir) is not None:  # lmforge train clears it first (train/run_folder.py)
                 raise ValueError(f"train.out_dir: {self.run_dir} already holds a run (last/); with train.resume=never "
                                  f"use a new out_dir or delete the old one, or continue it with train.resume=auto")
             return None
-        path = ckpt.find_resume(self.run_dir) if resume == "auto" else Path(resume)
-        if path is None:
-            return None
+        if resume == "auto":
+            return self._newest_intact_checkpoint()
+        path = Path(resume)
         if not (path / "train_state.pt").is_file():
             raise ValueError(f"train.resume: {path} has no train_state.pt (only last/ and step-NNNNNN/ can be resumed)")
+        problem = ckpt.resume_problem(path)
+        if problem is not None:
+            raise ValueError(f"train.resume: {path} is damaged: {problem}")
+        return path
+
+    def _newest_intact_checkpoint(self) -> Path | None:
+        """resume=auto: last/, or when it is damaged the newest step-NNNNNN/ that is intact, saying so."""
+        path, damaged = ckpt.choose_resume(self.run_dir)
+        if self.env.is_main:
+            for folder, problem in damaged:
+                tqdm.write(f"resume: {folder.name}/ is damaged ({problem}); skipping it")
+        if damaged and path is None:
+            raise ValueError(f"train.resume: no intact checkpoint in {self.run_dir}; start over with "
+                             f"--train.resume=never or choose another out_dir")
+        if damaged and self.env.is_main:
+            tqdm.write(f"resume: falling back to {path.name}/, the newest intact checkpoint")
         return path
 
     def _resume_training_state(self, path: Path | None) -> Path | None:

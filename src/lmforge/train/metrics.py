@@ -103,8 +103,10 @@ class MetricsLog:
         again, so keeping them would leave duplicate steps in the curves.
         """
         log = cls(run_dir, tensorboard=False)
-        if log.path.exists():
-            saved = load_metrics(log.path)
+        for stale in log.run_dir.glob(f".{METRICS_FILENAME}.*.tmp"):  # left by a kill during a rewrite
+            stale.unlink(missing_ok=True)
+        saved = _readable_metrics(log.path)
+        if saved is not None:
             keep = [i for i, step in enumerate(saved["steps"]) if step <= up_to_step]
             log._columns = {key: [saved[key][i] for i in keep] for key in METRIC_KEYS}
             log._nonfinite_steps = [s for s in saved[NONFINITE_KEY] if s <= up_to_step]
@@ -132,6 +134,21 @@ class MetricsLog:
         lines = [f"  {json.dumps(key)}: {json.dumps(values, allow_nan=False)}"
                  for key, values in self.to_dict().items()]
         _write_atomically(self.path, "{\n" + ",\n".join(lines) + "\n}\n")
+
+
+def _readable_metrics(path: Path) -> dict[str, Any] | None:
+    """The saved log, or None when there is none; a damaged one (edited by hand, written by a full disk)
+    is kept beside as *.damaged and the curve starts again from the checkpoint: losing the log must not
+    stop the run that can still continue."""
+    if not path.exists():
+        return None
+    try:
+        return load_metrics(path)
+    except ValueError as error:
+        damaged = path.with_name(path.name + ".damaged")
+        os.replace(path, damaged)
+        logger.warning("%s; kept it as %s and starting the metrics log afresh", error, damaged.name)
+        return None
 
 
 def perplexity(loss: float | None) -> float | None:

@@ -34,6 +34,7 @@ from .loop import Trainer, TrainResult
 from .objectives import lm_loss_sum
 from .optim import build_optimizer
 from .precision import run_precision
+from .run_folder import claim_run_folder
 from .sizing import TOKENS_PER_PARAM, ladder_config, pick_model_size
 
 
@@ -66,7 +67,8 @@ def run_pretraining(model_cfg: ModelConfig, data_cfg: DataConfig, train_cfg: Tra
                     dist_cfg: DistConfig | None = None) -> TrainResult:
     """Train a model; under torchrun with several processes, as one data-parallel run (see lmforge.distributed)."""
     dist_cfg = dist_cfg or DistConfig()
-    with distributed_session(dist_cfg, train_cfg.device) as (env, device), quiet_unless_main(env):
+    with distributed_session(dist_cfg, train_cfg.device) as (env, device), quiet_unless_main(env), \
+            claim_run_folder(train_cfg.out_dir, train_cfg.resume, env.is_main):
         return _pretrain(model_cfg, data_cfg, train_cfg, ingest_cfg, config_yaml, dist_cfg, env, device)
 
 
@@ -128,9 +130,9 @@ def size_to_budget(model_cfg: ModelConfig, train_cfg: TrainConfig, data_dir: Pat
         raise ValueError("model.fit_to_budget: needs train.max_time (the budget to size for) and a fresh model "
                          "(not model.init_from)")
     run_dir = Path(train_cfg.out_dir).expanduser()
-    resume_from = run_dir / "last" if train_cfg.resume == "auto" else Path(train_cfg.resume).expanduser()
-    saved = resume_from / "config.json"
-    if train_cfg.resume != "never" and saved.is_file():  # a resumed run keeps the shape it started with
+    resume_from = ckpt.find_resume(run_dir) if train_cfg.resume == "auto" else Path(train_cfg.resume).expanduser()
+    saved = resume_from / "config.json" if resume_from is not None else None
+    if train_cfg.resume != "never" and saved is not None and saved.is_file():  # a resumed run keeps its shape
         shape = json.loads(saved.read_text())
         print(f"model: fit_to_budget: keeping the resumed run's {shape['n_layer']} x {shape['n_embd']} shape")
         return ladder_config(model_cfg, shape["n_layer"], shape["n_embd"])
