@@ -126,9 +126,14 @@ class Tally:
         self.counts: dict[str, Counter] = {}
         self.lock = threading.Lock()
 
-    def add(self, category: str, outcome: str) -> None:
+        self.failures: list[str] = []  # what got a 5xx or no answer, in short
+
+    def add(self, category: str, outcome: str, what: bytes | str = b"") -> None:
         with self.lock:
             self.counts.setdefault(category, Counter())[outcome] += 1
+            if outcome in ("5xx", "dropped"):
+                what = what if isinstance(what, str) else what[:120].decode("utf-8", "replace")
+                self.failures.append(f"{outcome}: {what}")
 
 
 def outcome(status: int | None) -> str:
@@ -196,13 +201,13 @@ def run_bench(base_url: str, flood: int) -> dict:
         else:
             status, content = post(client, "/v1/completions", body(prompt=prompt))
             text, clean = (json.loads(content)["choices"][0]["text"], True) if status == 200 else ("", False)
-        tally.add("valid (flood)", outcome(status))
+        tally.add("valid (flood)", outcome(status), f"valid, stream={stream}")
         valid["sent"] += 1
         valid["right text" if status == 200 and clean and text == expected[prompt] else f"failed {status}"] += 1
 
     def send_hostile(category: str, path: str, content) -> None:
         status, _ = post(client, path, content)
-        tally.add(category, outcome(status))
+        tally.add(category, outcome(status), content if isinstance(content, bytes) else "a chunked 60 MB body")
 
     with ThreadPoolExecutor(8) as pool:  # the hostile requests, a few at a time
         list(pool.map(lambda case: send_hostile(*case), hostile_requests()))
@@ -234,6 +239,7 @@ def run_bench(base_url: str, flood: int) -> dict:
     poller.join()
     final_status, _ = post(client, "/v1/completions", body(prompt="Hello"))
     return {"counts": {k: dict(v) for k, v in tally.counts.items()}, "valid": dict(valid),
+            "failures": sorted(set(tally.failures)),
             "overload": {str(k): v for k, v in overload.items()}, "seconds": time.perf_counter() - started,
             "health_max_s": max(poller.latencies), "health_polls": len(poller.latencies),
             "health_failures": poller.failures, "served_afterwards": final_status == 200}
@@ -247,6 +253,10 @@ def print_table(report: dict) -> None:
         totals.update(counts)
         print(f"{category:<18}{sum(counts.values()):>6}" + "".join(f"{counts.get(c, 0):>9}" for c in columns))
     print(f"{'all':<18}{sum(totals.values()):>6}" + "".join(f"{totals.get(c, 0):>9}" for c in columns))
+    for failure in report["failures"][:12]:
+        print(f"  {failure}")
+    if len(report["failures"]) > 12:
+        print(f"  ... {len(report['failures']) - 12} more kinds (see --out)")
     valid = report["valid"]
     print(f"valid flood requests with the right text: {valid.get('right text', 0)}/{valid.get('sent', 0)}")
     print(f"overload answers by status: {report['overload']}")

@@ -47,7 +47,7 @@ class HostCheck:
         self.app, self.allowed = app, {name.lower() for name in allowed}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] in ("http", "websocket"):
+        if scope["type"] == "http":
             host = (_header(scope, b"host") or b"").decode("latin-1")
             if host_name(host) not in self.allowed:
                 response = error_response(421, f"this server does not answer to the host {host!r} "

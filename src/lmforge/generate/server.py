@@ -219,10 +219,12 @@ async def complete(requests: list[WorkerRequest], job: Job, api: Api, model_name
         async for _ in request.pieces():
             pass
 
+    tasks = [asyncio.ensure_future(drain(request)) for request in requests]
     try:
-        await asyncio.gather(*(drain(request) for request in requests))
-    finally:
-        for request in requests:  # one sample failed: the others stop too (nobody will read them)
+        await asyncio.gather(*tasks)
+    finally:  # one sample failed: the others stop too (nobody will read them), their rows and their tasks
+        for task, request in zip(tasks, requests):
+            task.cancel()
             request.cancel()
     choices, prompt_tokens, completion_tokens = [], 0, 0
     for index, request in enumerate(requests):

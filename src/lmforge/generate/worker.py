@@ -53,7 +53,8 @@ class WorkerStopped(Exception):
 class GenerationWorker:
     """Runs the model on one background thread; the event loop submits requests and awaits their pieces."""
 
-    def __init__(self, engine: Engine, batch_window_s: float = BATCH_WINDOW_S, max_queued: int = ServerLimits.max_queued):
+    def __init__(self, engine: Engine, batch_window_s: float = BATCH_WINDOW_S,
+                 max_queued: int = ServerLimits.max_queued):
         self.engine = engine
         self.batch_window_s, self.max_queued = batch_window_s, max_queued
         self.batch_sizes: list[int] = []  # requests served by each recent batch, oldest first
