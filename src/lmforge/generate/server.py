@@ -108,28 +108,30 @@ class Context:
         truncate_prompt_tokens; max_tokens, when not given, is what fits (at most DEFAULT_MAX_TOKENS)."""
         fitted, notes = [], []
         for i, ids in enumerate(prompts):
-            keep = min(req.truncate_prompt_tokens or len(ids), self.block_size)
-            if len(ids) > keep and req.truncate_prompt_tokens is not None:
+            if req.truncate_prompt_tokens is not None and len(ids) > (keep := min(req.truncate_prompt_tokens,
+                                                                                  self.block_size)):
                 notes.append(f"prompt {i} is {len(ids)} tokens: truncate_prompt_tokens kept its last {keep}")
                 ids = ids[-keep:]
             if len(ids) > self.block_size:
                 raise ApiError(400, f"prompt {i} is {len(ids)} tokens, longer than the model's context of "
                                     f"{self.block_size}: shorten it, or set truncate_prompt_tokens", param=prompt_param)
             fitted.append(ids)
-        longest = max(len(ids) for ids in fitted)
-        room = self.max_model_len - longest
-        if max_tokens is None:
-            max_tokens = min(DEFAULT_MAX_TOKENS, self.max_tokens, room)
+        return fitted, self.completion_tokens(max(map(len, fitted)), max_tokens, prompt_param), notes
+
+    def completion_tokens(self, prompt_tokens: int, asked: int | None, prompt_param: str) -> int:
+        """max_tokens for a (longest) prompt: the one asked for if it fits, else a 400; if none, what fits."""
+        room = self.max_model_len - prompt_tokens
+        max_tokens = min(DEFAULT_MAX_TOKENS, self.max_tokens, room) if asked is None else asked
         if max_tokens > self.max_tokens:
             raise ApiError(400, f"max_tokens must be between 1 and {self.max_tokens}, got {max_tokens}",
                            param="max_tokens")
-        if max_tokens < 1 or max_tokens > room:
+        if not 1 <= max_tokens <= room:
+            asked_total = prompt_tokens + max(max_tokens, 1)
             raise ApiError(400, f"this model's maximum context length is {self.max_model_len} tokens, but "
-                                f"{longest + max(max_tokens, 1)} were asked for ({longest} in the prompt, "
-                                f"{max(max_tokens, 1)} for the completion): shorten the prompt, lower "
-                                "max_tokens, or set truncate_prompt_tokens",
-                           param=prompt_param if room < 1 else "max_tokens")
-        return fitted, max_tokens, notes
+                                f"{asked_total} were asked for ({prompt_tokens} in the prompt, {max(max_tokens, 1)} "
+                                "for the completion): shorten the prompt, lower max_tokens, or set "
+                                "truncate_prompt_tokens", param=prompt_param if room < 1 else "max_tokens")
+        return max_tokens
 
 
 def check_logit_bias(req: SamplingFields, vocab_size: int) -> None:
