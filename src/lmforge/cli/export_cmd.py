@@ -2,6 +2,7 @@
 
     lmforge export CKPT --format hf --out DIR [--dtype float32|bfloat16|float16] [--force]
     lmforge export LORA_CKPT --format peft --out DIR     (adapter_config.json + adapter_model.safetensors)
+    lmforge export CKPT --format gguf [--quant f16] [--out FILE.gguf]   (for llama.cpp, Ollama, LM Studio)
 
 DIR then holds config.json, generation_config.json and model.safetensors (see model/hf.py) plus
 tokenizer.json and tokenizer_config.json (see tokenizer/hf.py), so that
@@ -9,6 +10,10 @@ tokenizer.json and tokenizer_config.json (see tokenizer/hf.py), so that
 so do lmforge's own commands (`lmforge generate DIR ...`). A chat_template.json stored with the
 checkpoint is copied along, so `lmforge chat DIR` keeps answering in the format it was tuned on, and
 written as the tokenizer's Jinja `chat_template` too, for transformers' `apply_chat_template`.
+
+--format gguf writes one GGUF file (see export/gguf_writer.py) and an Ollama Modelfile beside it,
+then, when llama-cpp-python is installed, reports how much the quantization changes the perplexity
+measured by llama.cpp on the file (docs/gguf.md).
 """
 
 from __future__ import annotations
@@ -29,6 +34,10 @@ CHAT_TEMPLATE_FILE = "chat_template.json"
 def cmd_export(args: argparse.Namespace, overrides: list[str]) -> int:
     if overrides:
         raise ValueError(f"unrecognised arguments: {' '.join(overrides)}")
+    if args.format == "gguf":
+        return export_gguf_cli(args)
+    if args.out is None:
+        raise ValueError(f"--format {args.format} needs --out DIR")
     if args.format == "peft":
         out_dir = export_peft(args.checkpoint, args.out, force=args.force)
     else:
@@ -36,6 +45,28 @@ def cmd_export(args: argparse.Namespace, overrides: list[str]) -> int:
     files = ", ".join(sorted(path.name for path in out_dir.iterdir()))
     print(f"exported {args.checkpoint} to {out_dir} ({files})")
     return 0
+
+
+def export_gguf_cli(args: argparse.Namespace) -> int:
+    from ..export.gguf_export import export_gguf
+
+    checkpoint = Path(args.checkpoint).expanduser()
+    out_file = Path(args.out).expanduser() if args.out else default_gguf_name(checkpoint, args.quant)
+    text_name = "the built-in sample text (pass --eval-text FILE for your own validation text)"
+    text = None
+    if args.eval_text:
+        text, text_name = Path(args.eval_text).read_text(encoding="utf-8"), args.eval_text
+    for line in export_gguf(checkpoint, out_file, args.quant, force=args.force, eval_text=text,
+                            eval_text_name=text_name):
+        print(line)
+    return 0
+
+
+def default_gguf_name(checkpoint: Path, quant: str) -> Path:
+    """runs/demo/best -> ./demo-best-f16.gguf (a checkpoint folder's own name is often just "best")."""
+    folder = checkpoint.resolve()
+    name = f"{folder.parent.name}-{folder.name}" if folder.parent.name else folder.name
+    return Path(f"{name}-{quant}.gguf")
 
 
 def export_hf(checkpoint: str | Path, out_dir: str | Path, dtype: str = "float32", force: bool = False) -> Path:
@@ -144,13 +175,24 @@ def _copy_hf_tokenizer(checkpoint: Path, out_dir: Path) -> tuple[int | None, int
 
 def register(sub) -> None:
     """Add the `export` verb to the `lmforge` sub-command parser."""
-    p = sub.add_parser("export", help="write a checkpoint as a Hugging Face model folder (transformers loads it)")
+    from ..export.gguf_quant import QUANTS
+
+    p = sub.add_parser("export", help="write a checkpoint as a Hugging Face model folder or a GGUF file")
     p.add_argument("checkpoint", help="an lmforge checkpoint folder (e.g. runs/demo/best) or a Hugging Face folder")
-    p.add_argument("--format", choices=["hf", "peft"], default="hf",
+    p.add_argument("--format", choices=["hf", "peft", "gguf"], default="hf",
                    help="hf: config.json + model.safetensors + tokenizer.json, for transformers (default; LoRA "
-                        "checkpoints are merged); peft: a LoRA checkpoint's adapters for the peft library")
-    p.add_argument("--out", required=True, help="the folder to write (must be new or empty)")
+                        "checkpoints are merged); peft: a LoRA checkpoint's adapters for the peft library; "
+                        "gguf: one file for llama.cpp, Ollama and LM Studio, plus an Ollama Modelfile")
+    p.add_argument("--out", help="hf/peft: the folder to write (must be new or empty); gguf: the file to write "
+                                 "(default: ./RUN-CHECKPOINT-QUANT.gguf)")
+    p.add_argument("--quant", choices=QUANTS, default="f16",
+                   help="gguf: storage of the weight matrices: f32 (exact), f16/bf16 (2 bytes), q8_0 (~1 byte, "
+                        "near-lossless), q4_0 (~0.56 bytes, visible loss); default f16")
+    p.add_argument("--eval-text", metavar="FILE",
+                   help="gguf: a validation text for the perplexity change the quantization causes, measured in "
+                        "llama.cpp (default: a short built-in sample)")
     p.add_argument("--dtype", choices=DTYPES, default="float32",
                    help="precision of the written weights (default: float32; bfloat16 halves the size)")
-    p.add_argument("--force", action="store_true", help="write into a folder that already holds files")
+    p.add_argument("--force", action="store_true",
+                   help="write into a folder that already holds files (gguf: replace an existing file)")
     p.set_defaults(func=cmd_export)

@@ -9,7 +9,7 @@
     lmforge eval CKPT --data DIR|FILES [--json]
     lmforge finetune CONFIG.yaml | PRESET    lmforge classify CKPT --text TEXT
     lmforge inspect-sft FILE --tokenizer CKPT (= lmforge prepare FILE --sft --inspect --tokenizer CKPT)
-    lmforge export CKPT --format hf --out DIR
+    lmforge export CKPT --format hf --out DIR  |  --format gguf [--quant q8_0] [--out FILE]
     lmforge estimate [CONFIG.yaml | PRESET] [--memory GB]
     lmforge report RUN_DIR
 """

@@ -1,0 +1,118 @@
+"""Running an exported GGUF file in llama.cpp itself (through llama-cpp-python): logits and perplexity.
+
+Used by `lmforge export --format gguf` to report what quantization costs, measured by llama.cpp on
+the very file written, and by the tests that compare llama.cpp with lmforge.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+
+GGML_TYPE_F32 = 0
+
+SAMPLE_TEXT = (
+    "The history of every country begins with its geography: rivers decide where towns grow, mountains "
+    "where borders run, and the sea whether people trade or fight. Café owners in Zürich and Kraków "
+    "still argue about which city invented the best pastry.\n\n"
+    "def fibonacci(n):\n    a, b = 0, 1\n    for _ in range(n):\n        a, b = b, a + b\n    return a\n\n"
+    "Q: How many legs does a spider have?\nA: Eight. Insects have six, which is one way to tell them apart.\n"
+)
+"""What the perplexity change is measured on when no --eval-text is given (prose, accents, code)."""
+
+
+def llamacpp_missing() -> str | None:
+    """Why llama.cpp cannot be run from Python here, or None when it can."""
+    try:
+        import llama_cpp  # noqa: F401
+    except ImportError:
+        return "llama-cpp-python is not installed (pip install 'lmforge[llamacpp]' builds it, ~10 minutes)"
+    return None
+
+
+def load_llama(gguf_file: str | Path, n_ctx: int, logits_all: bool = True):
+    """A llama.cpp model + context on the CPU, set up to compute as exactly as llama.cpp can.
+
+    The key/value cache is float32 (llama.cpp's default is f16, which would add its own rounding to
+    every comparison with lmforge), and flash attention is off.
+    """
+    from llama_cpp import Llama
+
+    return Llama(model_path=str(gguf_file), n_ctx=n_ctx, n_batch=n_ctx, n_ubatch=n_ctx, logits_all=logits_all,
+                 type_k=GGML_TYPE_F32, type_v=GGML_TYPE_F32, flash_attn=False, n_gpu_layers=0,
+                 n_threads=os.cpu_count() or 1, verbose=False)
+
+
+def llamacpp_logits(llm, ids: list[int]) -> np.ndarray:
+    """Next-token logits (len(ids), vocab) for `ids`, evaluated from an empty context."""
+    llm.reset()
+    llm.eval(ids)
+    return np.array(llm.scores[: len(ids)], dtype=np.float32)
+
+
+def llamacpp_greedy(llm, prompt: list[int], n_tokens: int) -> list[int]:
+    """The `n_tokens` most-likely-next tokens after `prompt`, one decode step each (llama.cpp's KV cache)."""
+    llm.reset()
+    llm.eval(prompt)
+    out = []
+    for _ in range(n_tokens):
+        token = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+        out.append(token)
+        llm.eval([token])
+    return out
+
+
+def mean_nll(llm, ids: list[int], window: int) -> float:
+    """Average negative log-likelihood (nats per token) of `ids`, in independent windows of the context size."""
+    total, count = 0.0, 0
+    for start in range(0, len(ids) - 1, window):
+        chunk = ids[start:start + window + 1]
+        if len(chunk) < 2:
+            break
+        logits = llamacpp_logits(llm, chunk[:-1]).astype(np.float64)
+        log_z = np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1)) + logits.max(-1)
+        targets = np.array(chunk[1:])
+        total += float((log_z - logits[np.arange(len(targets)), targets]).sum())
+        count += len(targets)
+    return total / max(count, 1)
+
+
+def file_nll(gguf_file: str | Path, ids: list[int], context: int) -> float:
+    """mean_nll of `ids` under the GGUF file, loaded and freed again."""
+    llm = load_llama(gguf_file, n_ctx=context)
+    try:
+        return mean_nll(llm, ids, window=context)
+    finally:
+        llm.close()
+
+
+def quantization_report(checkpoint: str | Path, gguf_file: str | Path, quant: str, text: str,
+                        text_name: str) -> list[str]:
+    """Lines saying how much the written file's perplexity differs from an f32 export's, both run by llama.cpp."""
+    import tempfile
+
+    from ..tokenizer import load_tokenizer
+    from ..train.checkpoint import read_model_config
+    from .gguf_writer import tokenizer_folder, write_gguf
+
+    reason = llamacpp_missing()
+    if reason:
+        return [f"perplexity check skipped: {reason}"]
+    context = read_model_config(checkpoint).block_size
+    ids = load_tokenizer(tokenizer_folder(Path(checkpoint))).encode(text)
+    if len(ids) < 2:
+        return [f"perplexity check skipped: {text_name} is shorter than two tokens"]
+    nll = file_nll(gguf_file, ids, context)
+    if quant == "f32":
+        reference = nll
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            reference_file = Path(tmp) / "f32.gguf"
+            write_gguf(checkpoint, reference_file, "f32")
+            reference = file_nll(reference_file, ids, context)
+    return [f"perplexity in llama.cpp on {len(ids)} tokens of {text_name}: f32 {reference:.4f} nats per token "
+            f"(ppl {math.exp(reference):.3f})",
+            f"{quant}: {nll - reference:+.4f} nats per token vs f32 (ppl {math.exp(nll):.3f})"]
