@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "lmforge"
-LAYER = {"utils": 0, "model": 1, "tokenizer": 1, "ingest": 1, "data": 2, "adapt": 2, "distributed": 2, "generate": 3, "train": 3, "eval": 3, "config": 4, "cli": 5}
+LAYER = {"utils": 0, "model": 1, "tokenizer": 1, "ingest": 1, "data": 2, "adapt": 2, "distributed": 2, "generate": 3, "train": 3, "eval": 3, "config": 4, "export": 4, "cli": 5}
 # Within a layer some packages may use each other; these are the allowed same-layer edges.
 ALLOWED_SAME_LAYER = {("train", "generate"), ("eval", "generate"), ("eval", "train")}
 
