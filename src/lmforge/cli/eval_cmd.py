@@ -1,6 +1,10 @@
 """The `lmforge eval` verb: loss, perplexity and next-token accuracy of a checkpoint on held-out text.
 
-    lmforge eval CKPT --data DIR|FILES... [--split val|train|all] [--batch-size 8] [--max-batches N] [--json]
+    lmforge eval CKPT --data DIR|FILES... [--split val|train|all] [--batch-size 8] [--max-batches N]
+                      [--quantize int8] [--json]
+
+--quantize int8 scores the checkpoint as loaded, then with int8 weights, on the same windows, and
+reports both and the change: the cost of quantization in perplexity.
 """
 
 from __future__ import annotations
@@ -33,19 +37,39 @@ def cmd_eval(args: argparse.Namespace, overrides: list[str]) -> int:
         data_dir, default_split = heldout_dataset(sources, args.checkpoint, DataConfig().cache_dir)
     split = args.split or default_split
     batches, count = heldout_batches(data_dir, split, model.config.block_size, args.batch_size, args.max_batches)
-    progress = tqdm(batches, total=count, desc="evaluating", unit="batch", file=sys.stderr)
-    result = evaluate(model, progress, device)
+
+    def score(desc: str):
+        batches, count = heldout_batches(data_dir, split, model.config.block_size, args.batch_size, args.max_batches)
+        return evaluate(model, tqdm(batches, total=count, desc=desc, unit="batch", file=sys.stderr), device)
+
+    result = score("evaluating")
     report = {"checkpoint": str(args.checkpoint), "data": str(data_dir), "split": split,
               "block_size": model.config.block_size, **asdict(result)}
+    if args.quantize == "int8":
+        from ..model.quant import quantize_model
+
+        quant = quantize_model(model)
+        print(quant.summary(), file=sys.stderr)
+        report["int8"] = {**asdict(score("evaluating int8")), "kernel": quant.kernel}
     print(json.dumps(report) if args.json else _as_text(report))
     return 0
 
 
 def _as_text(report: dict) -> str:
-    ppl = "n/a" if report["perplexity"] is None else f"{report['perplexity']:.2f}"
-    return (f"{report['checkpoint']} on the {report['split']} split of {report['data']} "
+    text = (f"{report['checkpoint']} on the {report['split']} split of {report['data']} "
             f"({report['tokens']:,} tokens, windows of {report['block_size']}):\n"
-            f"  loss {report['loss']:.4f}  perplexity {ppl}  accuracy {report['accuracy']:.2%}")
+            f"  {_scores(report)}")
+    if "int8" in report:
+        text += f"\n  {_scores(report['int8'])}  (int8 weights)"
+        if report["perplexity"] and report["int8"]["perplexity"]:
+            change = report["int8"]["perplexity"] / report["perplexity"] - 1
+            text += f"\n  int8 changes perplexity by {change:+.2%}"
+    return text
+
+
+def _scores(result: dict) -> str:
+    ppl = "n/a" if result["perplexity"] is None else f"{result['perplexity']:.2f}"
+    return f"loss {result['loss']:.4f}  perplexity {ppl}  accuracy {result['accuracy']:.2%}"
 
 
 def register(sub) -> None:
@@ -61,5 +85,7 @@ def register(sub) -> None:
     p.add_argument("--batch-size", type=int, default=8, help="windows per forward pass (default: 8)")
     p.add_argument("--max-batches", type=int, default=None, help="stop after this many batches (default: all)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | mps (default: auto)")
+    p.add_argument("--quantize", choices=["none", "int8"], default="none",
+                   help="int8: also score the model with weight-only int8 matrices, and print the change")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     p.set_defaults(func=cmd_eval)

@@ -22,6 +22,7 @@ from pathlib import Path
 from ..generate.chat import TEMPLATES, ChatTemplate, load_chat_template
 from ..generate.limits import ServerLimits
 from ..generate.params import SamplingParams
+from ..model.quant import QUANTIZE_CHOICES
 
 API_KEY_ENV = "LMFORGE_API_KEY"
 LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "[::1]")  # the names a loopback-bound server answers to
@@ -32,12 +33,17 @@ def _reject_unknown(overrides: list[str]) -> None:
         raise ValueError(f"unrecognised arguments: {' '.join(overrides)}")
 
 
-def _load_engine(checkpoint: str, compile: bool = False):
+def _load_engine(checkpoint: str, compile: bool = False, quantize: str = "none"):
     from ..generate.engine import Engine
     from ..tokenizer import load_tokenizer
     from ..train.checkpoint import load_model_from_checkpoint
 
-    return Engine(load_model_from_checkpoint(checkpoint), load_tokenizer(checkpoint), compile=compile)
+    model = load_model_from_checkpoint(checkpoint)
+    if quantize == "int8":
+        from ..model.quant import quantize_model
+
+        print(quantize_model(model).summary(), file=sys.stderr)  # stderr: stdout is the generated text
+    return Engine(model, load_tokenizer(checkpoint), compile=compile)
 
 
 def _sampling_params(args: argparse.Namespace) -> SamplingParams:
@@ -66,7 +72,7 @@ def cmd_generate(args: argparse.Namespace, overrides: list[str]) -> int:
     _reject_unknown(overrides)
     prompt = Path(args.prompt_file).read_text(encoding="utf-8") if args.prompt_file else args.prompt
     params = _sampling_params(args)
-    engine = _load_engine(args.checkpoint, args.compile)
+    engine = _load_engine(args.checkpoint, args.compile, args.quantize)
     for i in range(args.num_samples):
         sample_params = _sample_params(params, i)
         if args.json:
@@ -89,7 +95,7 @@ def cmd_chat(args: argparse.Namespace, overrides: list[str]) -> int:
 
     _reject_unknown(overrides)
     params = _sampling_params(args)
-    engine = _load_engine(args.checkpoint, args.compile)
+    engine = _load_engine(args.checkpoint, args.compile, args.quantize)
     session = ChatSession(engine, _chat_template(args), params, system=args.system)
     print(f"chatting with {args.checkpoint} ({session.template.name} template). "
           "/reset forgets the conversation, /exit or Ctrl-D quits.")
@@ -162,7 +168,8 @@ def cmd_serve(args: argparse.Namespace, overrides: list[str]) -> int:
         raise ValueError(f"--batch-window-ms must be >= 0, got {args.batch_window_ms}")
     limits = _server_limits(args)  # a bad limit is reported before the model is loaded
     api_key = args.api_key or os.environ.get(API_KEY_ENV) or None
-    app = create_app(_load_engine(args.checkpoint, args.compile), name, _chat_template(args), limits=limits,
+    engine = _load_engine(args.checkpoint, args.compile, args.quantize)
+    app = create_app(engine, name, _chat_template(args), limits=limits,
                      api_key=api_key, allowed_hosts=allowed_hosts(args.host, args.allow_host), **window)
     if not is_loopback(args.host) and not api_key:
         print(f"WARNING: binding {args.host} lets other machines use this server; it has no authentication "
@@ -188,6 +195,13 @@ def _add_compile_flag(p: argparse.ArgumentParser) -> None:
     p.add_argument("--compile", action="store_true",
                    help="compile the decode step with torch.compile: the first generation waits for the compiler "
                         "(tens of seconds on CPU), later tokens come faster (docs/generation.md)")
+    add_quantize_flag(p)
+
+
+def add_quantize_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--quantize", choices=QUANTIZE_CHOICES, default="none",
+                   help="int8: weight-only int8 matrices (a quarter of fp32's memory; the fastest kernel here is "
+                        "picked by a short probe and named on stderr; docs/generation.md). Default: none")
 
 
 def _add_template_flag(p: argparse.ArgumentParser) -> None:
