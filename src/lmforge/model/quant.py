@@ -193,6 +193,8 @@ def quantize_model(model: nn.Module, kernel: str = "auto", probe_compiled: bool 
         raise ValueError(f"unknown int8 kernel {unknown[0]!r}; choose auto or one of {', '.join(KERNELS)}")
     times = probe_kernels(linears, [KERNELS[n] for n in names])
     best = _fastest(times)
+    if times[best] == float("inf"):
+        raise ValueError(f"the int8 kernel {best!r} does not run on this machine; use kernel='auto'")
     for layer in linears:
         layer.use(KERNELS[best])
     return QuantReport(kernel=best, times_ms={n: t * 1e3 for n, t in times.items()}, layers=len(linears),
@@ -201,9 +203,11 @@ def quantize_model(model: nn.Module, kernel: str = "auto", probe_compiled: bool 
 
 def _fastest(times: dict[str, float]) -> str:
     """The fastest kernel; one that keeps an extra copy (memory is why one quantizes) has to win by 10%."""
-    lean = {name: t for name, t in times.items() if KERNELS[name].extra_bytes_per_weight == 0}
-    best_lean = min(lean, key=lean.get)
     best = min(times, key=times.get)
+    lean = {name: t for name, t in times.items() if KERNELS[name].extra_bytes_per_weight == 0}
+    if not lean:
+        return best
+    best_lean = min(lean, key=lean.get)
     return best if times[best] < 0.9 * times[best_lean] else best_lean
 
 
