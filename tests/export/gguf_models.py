@@ -31,7 +31,7 @@ TOKENIZER_TEXTS = [
 
 
 def training_text() -> str:
-    return SHAKESPEARE.read_text(encoding="utf-8")[:200_000] + "\n".join(TOKENIZER_TEXTS)
+    return SHAKESPEARE.read_text(encoding="utf-8")[:60_000] + "\n".join(TOKENIZER_TEXTS)
 
 
 def random_gpt(cfg: ModelConfig, seed: int = 0, std: float = 0.15) -> GPT:
