@@ -34,7 +34,7 @@ from generate_speed import (PROMPT_TOKENS, SEED, VOCAB_SIZE, hf_generate, hf_mod
                             lmforge_model, machine, max_logits_difference, memory_bandwidth, peak_memory_mb,
                             reset_peak_memory)
 
-from lmforge.model.quant import KERNELS, quantize_model
+from lmforge.model.quant import quantize_model
 
 # (name, bytes read per weight in a decode step). int8 formats carry a 4-byte scale per row of 768 or
 # 3072 weights (+0.5%); llama.cpp's q8_0 a 2-byte scale per 32 weights (34 / 32 bytes).
@@ -106,7 +106,7 @@ def llamacpp_runner(gguf: str, threads: int, context: int):
     from llama_cpp import Llama
 
     llm = Llama(model_path=gguf, n_ctx=context, n_threads=threads, n_threads_batch=threads, n_gpu_layers=0,
-                logits_all=False, verbose=False)
+                logits_all=True, verbose=False)  # scores[n_tokens - 1] then holds the last logits
 
     def generate(prompt: torch.Tensor, n: int) -> list[int]:
         llm.reset()
