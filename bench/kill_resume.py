@@ -71,9 +71,16 @@ def wait_for_checkpoint(run_dir: Path, process: subprocess.Popen, timeout: float
         time.sleep(0.05)
 
 
-def second_run_on_the_same_folder(command: list[str], env: dict) -> dict:
+def second_run_on_the_same_folder(command: list[str], env: dict, patience: float = 60.0) -> dict:
+    """Start the same command again while the first runs; it should stop at once. One still running after
+    `patience` seconds is training alongside the first (both writing one folder): it is killed and recorded so."""
     started = time.perf_counter()
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    try:
+        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=patience)
+    except subprocess.TimeoutExpired as still_running:
+        output = (still_running.stdout or b"") + (still_running.stderr or b"")
+        return {"exit": None, "still_running_after_s": patience,
+                "said": resume_lines(output.decode(errors="replace") if isinstance(output, bytes) else output)}
     return {"exit": done.returncode, "seconds": round(time.perf_counter() - started, 1),
             "said": resume_lines(done.stdout + done.stderr)}
 
@@ -147,13 +154,15 @@ def main() -> None:
         same = final["exit"] == 0 and losses(run_dir)["train_loss"] == losses(reference_dir)["train_loss"] \
             and losses(run_dir)["val_loss"] == losses(reference_dir)["val_loss"]
         result = {"machine": {"cpu": cpu_name(), "cores": os.cpu_count(), "python": platform.python_version()},
-                  "src": str(args.src), "reference": reference, "damage": damage, "attempts": attempts,
+                  "src": str(args.src.resolve()), "reference": reference, "damage": damage, "attempts": attempts,
                   "final": final, "final_metrics_equal_the_uninterrupted_run": same,
                   "leftover_temporary_folders": sorted(p.name for p in run_dir.glob(".tmp-*"))}
     finally:
         shutil.rmtree(work, ignore_errors=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    # Machine paths out: the results file is committed, and the repository names no absolute path.
+    text = json.dumps(result, indent=2).replace(str(work), "$WORK").replace(str(ROOT), ".")
+    args.out.write_text(text + "\n")
     print(json.dumps({k: result[k] for k in ("final", "final_metrics_equal_the_uninterrupted_run",
                                              "leftover_temporary_folders")}, indent=2))
 
