@@ -178,8 +178,7 @@ def test_a_truncated_or_altered_file_marks_the_checkpoint_damaged(tmp_path, toke
     target.unlink()
     target.write_bytes(data)
     damage(target, how)
-    assert ckpt.resume_problem(run / "last") is not None
-    assert re.search(f"{re.escape(name)} .*{says}|{re.escape(name)} has .*{says}", ckpt.resume_problem(run / "last"))
+    assert re.search(f"^{re.escape(name)} .*{says}", ckpt.resume_problem(run / "last") or "")
     path, damaged = ckpt.choose_resume(run)
     assert path == run / "step-000020" and [p.name for p, _ in damaged] == ["last"]
 

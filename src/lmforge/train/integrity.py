@@ -50,7 +50,8 @@ def checkpoint_problem(folder: Path, required: tuple[str, ...]) -> str | None:
     """
     folder = Path(folder)
     try:
-        signature = tuple((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(folder.iterdir()))
+        stats = [(path.name, path.stat()) for path in sorted(folder.iterdir())]
+        signature = tuple((name, stat.st_size, stat.st_mtime_ns) for name, stat in stats)
     except OSError as exc:
         return f"cannot be read ({exc.strerror or exc})"
     return _problem(str(folder), required, signature)

@@ -102,13 +102,20 @@ def _settle_earlier_run(run_dir: Path, resume: str) -> None:
         return
     if resume == "never":
         for path in found:
-            shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
         print(f"train.resume=never: removed the earlier run in {run_dir} "
               f"({', '.join(p.name for p in found[:8])}{', ...' if len(found) > 8 else ''})")
         return
-    if resume == "auto" and ckpt.find_resume(run_dir) is None:
-        damaged = [f"{path.name}/: {why}" for path, why in ckpt.choose_resume(run_dir)[1]]
-        detail = f"; damaged: {'; '.join(damaged)}" if damaged else " (it stopped before its first checkpoint)"
-        raise ValueError(f"train.out_dir: {run_dir} holds an earlier run ({', '.join(p.name for p in found[:6])}) "
+    if resume != "auto":
+        return
+    intact, damaged_folders = ckpt.choose_resume(run_dir)
+    if intact is not None:
+        return
+    damaged = [f"{path.name}/: {why}" for path, why in damaged_folders]
+    detail = f"; damaged: {'; '.join(damaged)}" if damaged else " (it stopped before its first checkpoint)"
+    raise ValueError(f"train.out_dir: {run_dir} holds an earlier run ({', '.join(p.name for p in found[:6])}) "
                          f"but no intact checkpoint to continue from{detail}. Start it over with "
                          f"--train.resume=never (its files are removed) or choose another out_dir")
