@@ -38,7 +38,6 @@ import os
 import resource
 import shutil
 import signal
-import struct
 import subprocess
 import sys
 import tarfile
@@ -46,10 +45,11 @@ import tempfile
 import threading
 import time
 import zipfile
-import zlib
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # run as a script: the builders shared with the tests
+from tests.ingest.hostile_files import blank_pdf, png_header, tar_bytes, zip_bytes  # noqa: E402
 SAMPLE_DOCS = REPO / "testdata" / "sample-docs"
 MIB = 1 << 20
 RSS_LIMIT_MB = 3 * 1024
@@ -74,31 +74,13 @@ def zip_bomb(path: Path, gib: int = 1) -> None:
                 member.write(chunk)
 
 
-def _tar_bytes(mode: str, members: dict[str, bytes]) -> bytes:
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode=mode) as archive:
-        for name, data in members.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            archive.addfile(info, io.BytesIO(data))
-    return buffer.getvalue()
-
-
-def _zip_bytes(members: dict[str, bytes]) -> bytes:
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:
-        for name, data in members.items():
-            archive.writestr(name, data)
-    return buffer.getvalue()
-
-
 def nested_archives(path: Path, depth: int = 8) -> None:
     """An archive inside an archive ... `depth` deep, the text file in the innermost one."""
     kinds = [("zip", None), ("tar.gz", "w:gz"), ("tar.bz2", "w:bz2"), ("tar.xz", "w:xz"), ("tar", "w")]
     name, data = "deep.txt", DEEP.encode()
     for level in range(depth, 0, -1):
         suffix, mode = kinds[level % len(kinds)]
-        data = _zip_bytes({name: data}) if mode is None else _tar_bytes(mode, {name: data})
+        data = zip_bytes({name: data}) if mode is None else tar_bytes({name: data}, mode)
         name = f"level{level}.{suffix}"
     path.write_bytes(data)
 
@@ -119,24 +101,6 @@ def evil_tar(path: Path) -> None:
         add("passwd-link", tarfile.SYMTYPE, linkname="../../../../../etc/passwd")
         add("shadow-link", tarfile.LNKTYPE, linkname="/etc/shadow")
         add("../escaped.txt", data=b"This member tries to land outside the extraction folder.")
-
-
-def png_header(width: int, height: int) -> bytes:
-    """A PNG signature and IHDR chunk declaring width x height (8-bit grayscale), one empty IDAT, IEND."""
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
-
-
-def blank_pdf(path: Path, pages: int) -> None:
-    from pypdf import PdfWriter
-
-    writer = PdfWriter()
-    for _ in range(pages):
-        writer.add_blank_page(width=612, height=792)
-    with open(path, "wb") as f:
-        writer.write(f)
 
 
 def one_line(path: Path, size: int) -> None:

@@ -7,12 +7,9 @@ Quadratic scans are tested at sizes where the old code took minutes to hours, ag
 import io
 import json
 import os
-import struct
 import tarfile
 import threading
 import time
-import zipfile
-import zlib
 from pathlib import Path
 
 import pytest
@@ -28,6 +25,7 @@ from lmforge.ingest.readers.sql import read_sql_dump
 from lmforge.ingest.readers.tabular import read_json, read_jsonl
 from lmforge.ingest.record import ReaderOptions
 from lmforge.ingest.walk import SkippedItem, WorkItem, walk
+from tests.ingest.hostile_files import blank_pdf, png_header, tar_bytes, zip_bytes
 from tests.ingest.misbehaving import read_or_misbehave
 
 TEXT = "The lighthouse keeper counted the ships that passed the point each night and wrote them down. "
@@ -176,24 +174,6 @@ def test_symlinks_out_of_the_tree_are_not_followed(tmp_path):
 
 
 # ---- archives -------------------------------------------------------------------------------------
-def zip_bytes(members: dict[str, bytes]) -> bytes:
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:
-        for name, data in members.items():
-            archive.writestr(name, data)
-    return buffer.getvalue()
-
-
-def tar_bytes(members: dict[str, bytes], mode: str = "w:gz") -> bytes:
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode=mode) as archive:
-        for name, data in members.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            archive.addfile(info, io.BytesIO(data))
-    return buffer.getvalue()
-
-
 def test_a_zip_bomb_is_stopped_by_the_compression_ratio(tmp_path):
     src = tmp_path / "src"
     src.mkdir()
@@ -292,13 +272,6 @@ def test_corrupt_archives_are_reported_and_the_ingest_goes_on(tmp_path, name, da
 
 
 # ---- PDFs, images, long lines ---------------------------------------------------------------------
-def png_header(width: int, height: int) -> bytes:
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
-
-
 def test_an_image_header_claiming_60000_squared_pixels_is_not_decoded(tmp_path):
     pytest.importorskip("PIL")
     src = tmp_path / "src"
@@ -308,16 +281,6 @@ def test_an_image_header_claiming_60000_squared_pixels_is_not_decoded(tmp_path):
     files = run(src, tmp_path)
     assert files["huge.png"]["status"] == "skipped"
     assert "60,000 x 60,000" in files["huge.png"]["reason"] and "ingest.max_image_pixels" in files["huge.png"]["reason"]
-
-
-def blank_pdf(path: Path, pages: int, size=(612, 792)) -> None:
-    from pypdf import PdfWriter
-
-    writer = PdfWriter()
-    for _ in range(pages):
-        writer.add_blank_page(*size)
-    with open(path, "wb") as f:
-        writer.write(f)
 
 
 def test_a_many_page_pdf_without_text_is_read_up_to_the_page_limit_and_never_ocrd(tmp_path):
