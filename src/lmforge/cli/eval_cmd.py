@@ -1,10 +1,12 @@
 """The `lmforge eval` verb: loss, perplexity and next-token accuracy of a checkpoint on held-out text.
 
     lmforge eval CKPT --data DIR|FILES... [--split val|train|all] [--batch-size 8] [--max-batches N]
-                      [--quantize int8] [--json]
+                      [--quantize int8] [--backend torch|llamacpp --quant q8_0] [--json]
 
 --quantize int8 scores the checkpoint as loaded, then with int8 weights, on the same windows, and
 reports both and the change: the cost of quantization in perplexity.
+--backend llamacpp scores the checkpoint's GGUF export (--quant, cached) in llama.cpp instead, on the
+same windows; the PyTorch numbers of the same windows come with `lmforge eval` without it.
 """
 
 from __future__ import annotations
@@ -16,35 +18,44 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
+from .generate_cmds import add_backend_flags
+
 
 def cmd_eval(args: argparse.Namespace, overrides: list[str]) -> int:
     from tqdm import tqdm
 
     from ..data.config import DataConfig
     from ..eval.perplexity import evaluate, heldout_batches, heldout_dataset
-    from ..train.checkpoint import load_model_from_checkpoint
+    from ..export.llamacpp_backend import DEFAULT_QUANT
+    from ..train.checkpoint import read_model_config
     from ..utils.device import resolve_device
 
     if overrides:
         raise ValueError(f"unrecognised arguments: {' '.join(overrides)}")
     if args.batch_size < 1 or (args.max_batches is not None and args.max_batches < 1):
         raise ValueError("--batch-size and --max-batches must be at least 1")
-    device = resolve_device(args.device)
-    model = load_model_from_checkpoint(args.checkpoint, device)
+    if args.backend == "llamacpp" and args.quantize != "none":
+        raise ValueError("--quantize is for the PyTorch engine; with --backend llamacpp, --quant picks the GGUF storage")
+    if args.backend == "torch" and args.quant is not None:
+        raise ValueError("--quant picks the GGUF file of --backend llamacpp; the PyTorch engine takes --quantize int8")
+    device = resolve_device(args.device) if args.backend == "torch" else "cpu"
+    model = _scored_model(args, device)
     sources = [Path(source).expanduser() for source in args.data]
     # Preparing raw files prints progress lines; stdout is kept for the result (one JSON object with --json).
     with contextlib.redirect_stdout(sys.stderr):
         data_dir, default_split = heldout_dataset(sources, args.checkpoint, DataConfig().cache_dir)
     split = args.split or default_split
-    batches, count = heldout_batches(data_dir, split, model.config.block_size, args.batch_size, args.max_batches)
+    block_size = read_model_config(args.checkpoint).block_size
 
     def score(desc: str):
-        batches, count = heldout_batches(data_dir, split, model.config.block_size, args.batch_size, args.max_batches)
+        batches, count = heldout_batches(data_dir, split, block_size, args.batch_size, args.max_batches)
         return evaluate(model, tqdm(batches, total=count, desc=desc, unit="batch", file=sys.stderr), device)
 
     result = score("evaluating")
     report = {"checkpoint": str(args.checkpoint), "data": str(data_dir), "split": split,
-              "block_size": model.config.block_size, **asdict(result)}
+              "block_size": block_size, **asdict(result)}
+    if args.backend == "llamacpp":
+        report["backend"] = f"llamacpp {args.quant or DEFAULT_QUANT}"
     if args.quantize == "int8":
         from ..model.quant import quantize_model
 
@@ -55,8 +66,23 @@ def cmd_eval(args: argparse.Namespace, overrides: list[str]) -> int:
     return 0
 
 
+def _scored_model(args: argparse.Namespace, device: str):
+    """What is scored: the PyTorch model, or the checkpoint's GGUF export running in llama.cpp."""
+    if args.backend == "torch":
+        from ..train.checkpoint import load_model_from_checkpoint
+
+        return load_model_from_checkpoint(args.checkpoint, device)
+    from ..export.llamacpp_backend import DEFAULT_QUANT, LlamaCppScorer, gguf_for
+    from ..train.checkpoint import read_model_config
+
+    gguf_file = gguf_for(args.checkpoint, args.quant or DEFAULT_QUANT)
+    print(f"scoring {gguf_file} in llama.cpp", file=sys.stderr)
+    return LlamaCppScorer(gguf_file, read_model_config(args.checkpoint).block_size)
+
+
 def _as_text(report: dict) -> str:
-    text = (f"{report['checkpoint']} on the {report['split']} split of {report['data']} "
+    backend = f" [{report['backend']}]" if "backend" in report else ""
+    text = (f"{report['checkpoint']}{backend} on the {report['split']} split of {report['data']} "
             f"({report['tokens']:,} tokens, windows of {report['block_size']}):\n"
             f"  {_scores(report)}")
     if "int8" in report:
@@ -87,5 +113,6 @@ def register(sub) -> None:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | mps (default: auto)")
     p.add_argument("--quantize", choices=["none", "int8"], default="none",
                    help="int8: also score the model with weight-only int8 matrices, and print the change")
+    add_backend_flags(p)
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     p.set_defaults(func=cmd_eval)

@@ -1,6 +1,6 @@
 """CLI verbs that run a trained model: generate (continue a prompt), chat (talk to it), serve (an HTTP API).
 
-    lmforge generate CKPT --prompt TEXT [--json] [sampling flags]
+    lmforge generate CKPT --prompt TEXT [--json] [sampling flags] [--backend torch|llamacpp --quant q8_0]
     lmforge chat CKPT [--system TEXT --template chatml|plain] [sampling flags]
     lmforge serve CKPT [--host 127.0.0.1 --port 8000 --model-name NAME --batch-window-ms 50 --compile]
                        [--api-key KEY --allow-host NAME --max-body-bytes N --max-tokens-limit N
@@ -33,7 +33,12 @@ def _reject_unknown(overrides: list[str]) -> None:
         raise ValueError(f"unrecognised arguments: {' '.join(overrides)}")
 
 
-def _load_engine(checkpoint: str, compile: bool = False, quantize: str = "none"):
+def _load_engine(checkpoint: str, compile: bool = False, quantize: str = "none", backend: str = "torch",
+                 quant: str | None = None):
+    if backend == "llamacpp":
+        return _load_llamacpp_engine(checkpoint, compile, quantize, quant)
+    if quant is not None:
+        raise ValueError("--quant picks the GGUF file of --backend llamacpp; the PyTorch engine takes --quantize int8")
     from ..generate.engine import Engine
     from ..tokenizer import load_tokenizer
     from ..train.checkpoint import load_model_from_checkpoint
@@ -44,6 +49,21 @@ def _load_engine(checkpoint: str, compile: bool = False, quantize: str = "none")
 
         print(quantize_model(model).summary(), file=sys.stderr)  # stderr: stdout is the generated text
     return Engine(model, load_tokenizer(checkpoint), compile=compile)
+
+
+def _load_llamacpp_engine(checkpoint: str, compile: bool, quantize: str, quant: str | None):
+    from ..export.llamacpp_backend import DEFAULT_QUANT, LlamaCppEngine
+
+    if compile or quantize != "none":
+        raise ValueError("--compile and --quantize are for the PyTorch engine; with --backend llamacpp, "
+                         "--quant picks the GGUF storage (f32, f16, bf16, q8_0, q4_0)")
+    engine = LlamaCppEngine.from_checkpoint(checkpoint, quant or DEFAULT_QUANT)
+    print(engine.describe(), file=sys.stderr)  # stderr: stdout is the generated text
+    return engine
+
+
+def _engine_of(args: argparse.Namespace):
+    return _load_engine(args.checkpoint, args.compile, args.quantize, args.backend, args.quant)
 
 
 def _sampling_params(args: argparse.Namespace) -> SamplingParams:
@@ -72,7 +92,7 @@ def cmd_generate(args: argparse.Namespace, overrides: list[str]) -> int:
     _reject_unknown(overrides)
     prompt = Path(args.prompt_file).read_text(encoding="utf-8") if args.prompt_file else args.prompt
     params = _sampling_params(args)
-    engine = _load_engine(args.checkpoint, args.compile, args.quantize)
+    engine = _engine_of(args)
     for i in range(args.num_samples):
         sample_params = _sample_params(params, i)
         if args.json:
@@ -95,7 +115,7 @@ def cmd_chat(args: argparse.Namespace, overrides: list[str]) -> int:
 
     _reject_unknown(overrides)
     params = _sampling_params(args)
-    engine = _load_engine(args.checkpoint, args.compile, args.quantize)
+    engine = _engine_of(args)
     session = ChatSession(engine, _chat_template(args), params, system=args.system)
     print(f"chatting with {args.checkpoint} ({session.template.name} template). "
           "/reset forgets the conversation, /exit or Ctrl-D quits.")
@@ -168,7 +188,7 @@ def cmd_serve(args: argparse.Namespace, overrides: list[str]) -> int:
         raise ValueError(f"--batch-window-ms must be >= 0, got {args.batch_window_ms}")
     limits = _server_limits(args)  # a bad limit is reported before the model is loaded
     api_key = args.api_key or os.environ.get(API_KEY_ENV) or None
-    engine = _load_engine(args.checkpoint, args.compile, args.quantize)
+    engine = _engine_of(args)
     app = create_app(engine, name, _chat_template(args), limits=limits,
                      api_key=api_key, allowed_hosts=allowed_hosts(args.host, args.allow_host), **window)
     if not is_loopback(args.host) and not api_key:
@@ -196,6 +216,17 @@ def _add_compile_flag(p: argparse.ArgumentParser) -> None:
                    help="compile the decode step with torch.compile: the first generation waits for the compiler "
                         "(tens of seconds on CPU), later tokens come faster (docs/generation.md)")
     add_quantize_flag(p)
+    add_backend_flags(p)
+
+
+def add_backend_flags(p: argparse.ArgumentParser) -> None:
+    from ..export.gguf_quant import QUANTS
+
+    p.add_argument("--backend", choices=["torch", "llamacpp"], default="torch",
+                   help="torch: lmforge's PyTorch engine (default, batches requests). llamacpp: export the checkpoint "
+                        "to GGUF once (cached) and compute with llama.cpp, one request at a time (docs/gguf.md)")
+    p.add_argument("--quant", choices=QUANTS, default=None,
+                   help="with --backend llamacpp: how the GGUF file stores the weights (default q8_0)")
 
 
 def add_quantize_flag(p: argparse.ArgumentParser) -> None:

@@ -33,17 +33,20 @@ def llamacpp_missing() -> str | None:
     return None
 
 
-def load_llama(gguf_file: str | Path, n_ctx: int, logits_all: bool = True):
-    """A llama.cpp model + context on the CPU, set up to compute as exactly as llama.cpp can.
+def load_llama(gguf_file: str | Path, n_ctx: int, logits_all: bool = True, exact: bool = True,
+               threads: int | None = None):
+    """A llama.cpp model + context on the CPU.
 
-    The key/value cache is float32 (llama.cpp's default is f16, which would add its own rounding to
-    every comparison with lmforge), and flash attention is off.
+    exact=True sets it up to compute as exactly as llama.cpp can: a float32 key/value cache (llama.cpp's
+    default is f16, which would add its own rounding to every comparison with lmforge) and no flash
+    attention. exact=False keeps llama.cpp's own defaults, what its users run.
     """
     from llama_cpp import Llama
 
+    precise = dict(type_k=GGML_TYPE_F32, type_v=GGML_TYPE_F32, flash_attn=False) if exact else {}
+    threads = threads or os.cpu_count() or 1
     return Llama(model_path=str(gguf_file), n_ctx=n_ctx, n_batch=n_ctx, n_ubatch=n_ctx, logits_all=logits_all,
-                 type_k=GGML_TYPE_F32, type_v=GGML_TYPE_F32, flash_attn=False, n_gpu_layers=0,
-                 n_threads=os.cpu_count() or 1, verbose=False)
+                 n_gpu_layers=0, n_threads=threads, n_threads_batch=threads, verbose=False, **precise)
 
 
 def llamacpp_logits(llm, ids: list[int]) -> np.ndarray:

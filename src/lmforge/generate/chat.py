@@ -30,7 +30,7 @@ from .params import SamplingParams
 
 if TYPE_CHECKING:  # only for type hints: importing the engine would load the model code
     from ..tokenizer.base import Tokenizer
-    from .engine import Engine
+    from .engine import TextEngine
 
 __all__ = [
     "ALPACA", "CHATML", "PLAIN", "RAW", "TEMPLATES", "TEMPLATE_FILENAME",
@@ -60,7 +60,7 @@ class ChatSession:
     keeps only its most recent tokens, so the oldest turns are forgotten first.
     """
 
-    def __init__(self, engine: Engine, template: ChatTemplate, params: SamplingParams, system: str | None = None):
+    def __init__(self, engine: TextEngine, template: ChatTemplate, params: SamplingParams, system: str | None = None):
         self.engine, self.template = engine, template
         self.params = replace(params, stop=[*params.stop, *template.stop])
         self.system = system

@@ -13,7 +13,8 @@ Token level (`generate_tokens`):
   block_size // 2 tokens and prefill them again from position 0. Shifting the cache instead would
   not do: its keys and values were computed at the old positions (learned or rotary alike).
   A batch slides all its rows together, when the longest fills the window.
-Text level (`TextStream`, `Engine`): token ids -> text pieces, stop strings, end-of-text.
+Text level (`TextStream`, `TextEngine`): token ids -> text pieces, stop strings, end-of-text; `Engine` is
+the text level on top of generate_tokens, the PyTorch backend.
 Shapes: B = batch, S = tokens the model sees (the window), N = all tokens so far, V = vocab_size.
 """
 
@@ -240,20 +241,23 @@ def _partial_stop_length(text: str, stops: list[str]) -> int:
     return max((n for s in stops for n in range(1, min(len(s), len(text) + 1)) if text.endswith(s[:n])), default=0)
 
 
-class Engine:
-    """Text in, text out, for one model and its tokenizer.
+class TextEngine:
+    """Text in, text out: what every backend shares (prompts, batches of requests, streaming, stop strings).
 
-    generate() runs up to max_batch_size prompts as one batch; each batch keeps a KV cache of
-    n_layer x 2 x batch x n_kv_head x block_size x head_dim numbers. compile=True compiles the decode
-    step where this machine can (else it warns and runs eagerly).
+    A backend supplies the token level: `token_steps` (yield every row's next token, step after step,
+    as generate_tokens does), `context_size` (the most tokens the model sees at once) and
+    `sampling_device` (where the per-request random generators live). Engine runs lmforge's PyTorch
+    model; generate.llamacpp_backend.LlamaCppEngine runs a GGUF file in llama.cpp.
     """
 
-    def __init__(self, model: GPT, tokenizer: Tokenizer, max_batch_size: int = 16, compile: bool = False):
-        self.model, self.tokenizer, self.max_batch_size = model, tokenizer, max_batch_size
-        problem = compile_problem(model) if compile else None
-        if problem is not None:
-            warnings.warn(f"generating without compiling: {problem}", stacklevel=2)
-        self.compile = compile and problem is None
+    tokenizer: Tokenizer
+    max_batch_size: int
+    context_size: int
+    sampling_device: torch.device = torch.device("cpu")
+
+    def token_steps(self, prompts: list[list[int]], params: list[SamplingParams],
+                    generators: list[torch.Generator | None]) -> Iterator[list[int]]:
+        raise NotImplementedError
 
     def stream(self, prompt: Prompt, params: SamplingParams, finished: list[TextStream] | None = None) -> Iterator[str]:
         """Pieces of generated text as they are produced (never empty, never half a character).
@@ -303,7 +307,7 @@ class Engine:
                 yield row, stream.finish("length")
         if all(stream.finish_reason for stream in streams):
             return
-        with closing(generate_tokens(self.model, ids, params, generators, self.compile)) as steps:
+        with closing(self.token_steps(ids, params, generators)) as steps:
             for tokens in steps:
                 for row, (stream, token, p) in enumerate(zip(streams, tokens, params)):
                     if stream.finish_reason is not None:
@@ -318,7 +322,7 @@ class Engine:
 
     def prompt_ids(self, prompt: Prompt) -> list[int]:
         """The token ids generation starts from: the prompt's, cut to the context (with a warning)."""
-        return fit_prompt(self.encode(prompt), self.model.config.block_size)
+        return fit_prompt(self.encode(prompt), self.context_size)
 
     def encode(self, prompt: Prompt) -> list[int]:
         """Token ids of a prompt; an empty one starts a new document (the end-of-text token)."""
@@ -329,7 +333,32 @@ class Engine:
         """A generator per request: the same seed gives the same text, whatever else is in the batch."""
         if seed is None:
             return None
-        return torch.Generator(device=next(self.model.parameters()).device).manual_seed(seed)
+        return torch.Generator(device=self.sampling_device).manual_seed(seed)
+
+
+class Engine(TextEngine):
+    """The PyTorch engine: lmforge's own model, batched (generate_tokens).
+
+    generate() runs up to max_batch_size prompts as one batch; each batch keeps a KV cache of
+    n_layer x 2 x batch x n_kv_head x block_size x head_dim numbers. compile=True compiles the decode
+    step where this machine can (else it warns and runs eagerly).
+    """
+
+    def __init__(self, model: GPT, tokenizer: Tokenizer, max_batch_size: int = 16, compile: bool = False):
+        self.model, self.tokenizer, self.max_batch_size = model, tokenizer, max_batch_size
+        self.context_size = model.config.block_size
+        problem = compile_problem(model) if compile else None
+        if problem is not None:
+            warnings.warn(f"generating without compiling: {problem}", stacklevel=2)
+        self.compile = compile and problem is None
+
+    @property
+    def sampling_device(self) -> torch.device:  # the model's, wherever it is now
+        return next(self.model.parameters()).device
+
+    def token_steps(self, prompts: list[list[int]], params: list[SamplingParams],
+                    generators: list[torch.Generator | None]) -> Iterator[list[int]]:
+        return generate_tokens(self.model, prompts, params, generators, self.compile)
 
 
 def generate_text(model: GPT, tokenizer: Tokenizer, prompt: str, max_new_tokens: int = 200,

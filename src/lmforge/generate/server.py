@@ -35,7 +35,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException
 
 from .chat import ChatTemplate, chat_prompt_ids
-from .engine import Engine
+from .engine import TextEngine
 from .guards import ApiKeyCheck, BodySizeLimit, ConcurrencyLimit, HostCheck, InFlight, error_response
 from .limits import ServerLimits
 from .params import SamplingParams
@@ -339,7 +339,7 @@ def add_error_handlers(app: FastAPI) -> None:
 
 # ---- the app ----
 
-def create_app(engine: Engine, model_name: str, template: ChatTemplate, limits: ServerLimits = ServerLimits(),
+def create_app(engine: TextEngine, model_name: str, template: ChatTemplate, limits: ServerLimits = ServerLimits(),
                batch_window_s: float = BATCH_WINDOW_S, api_key: str | None = None,
                allowed_hosts: list[str] | None = None, max_tokens_limit: int | None = None) -> FastAPI:
     """An OpenAI-compatible app serving `engine` under the name `model_name`.
@@ -350,7 +350,7 @@ def create_app(engine: Engine, model_name: str, template: ChatTemplate, limits: 
     if max_tokens_limit is not None:
         limits = replace(limits, max_tokens=max_tokens_limit)
     worker = GenerationWorker(engine, batch_window_s, limits.max_queued)
-    block_size = engine.model.config.block_size
+    block_size = engine.context_size
     context = Context(block_size, limits.max_model_len or block_size, limits.max_tokens)
     in_flight = InFlight(limits.max_concurrent_requests)
     started = int(time.time())

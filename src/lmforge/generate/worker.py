@@ -27,7 +27,7 @@ from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 
-from .engine import Engine, TextStream
+from .engine import TextEngine, TextStream
 from .limits import ServerLimits
 from .params import Completion, SamplingParams
 
@@ -53,7 +53,7 @@ class WorkerStopped(Exception):
 class GenerationWorker:
     """Runs the model on one background thread; the event loop submits requests and awaits their pieces."""
 
-    def __init__(self, engine: Engine, batch_window_s: float = BATCH_WINDOW_S,
+    def __init__(self, engine: TextEngine, batch_window_s: float = BATCH_WINDOW_S,
                  max_queued: int = ServerLimits.max_queued):
         self.engine = engine
         self.batch_window_s, self.max_queued = batch_window_s, max_queued
