@@ -11,7 +11,8 @@ from lmforge.generate.params import SamplingParams
 from lmforge.model import linear as linear_module
 from lmforge.model.config import ModelConfig
 from lmforge.model.gpt import GPT
-from lmforge.model.linear import PACK_AFTER_CALLS, PACKED, PLAIN, WEIGHT_MAJOR, Linear, can_pack
+from lmforge.model.linear import (ONEDNN, ONEDNN_PACKED, PACK_AFTER_CALLS, PACKED, PLAIN, PREPARED, WEIGHT_MAJOR,
+                                 Linear, can_pack, can_use_onednn)
 from lmforge.tokenizer import CharTokenizer
 
 
@@ -40,7 +41,7 @@ def decode_step(layer, rows=3):
 
 
 @pytest.mark.parametrize("bias", [True, False])
-@pytest.mark.parametrize("layout", [PLAIN, WEIGHT_MAJOR, PACKED])
+@pytest.mark.parametrize("layout", [PLAIN, WEIGHT_MAJOR, ONEDNN, PACKED, ONEDNN_PACKED])
 def test_every_layout_gives_the_linear_result(bias, layout, monkeypatch):
     torch.manual_seed(0)
     layer = Linear(48, 80, bias=bias)
@@ -49,13 +50,39 @@ def test_every_layout_gives_the_linear_result(bias, layout, monkeypatch):
         y, expected = decode_step(layer)
         assert y.shape == (3, 1, 80) and y.is_contiguous()
         torch.testing.assert_close(y, expected, rtol=1e-5, atol=1e-5)
-    assert (layer._packed is not None and layer._packed.tensor is not None) == (layout == PACKED)
+    assert (layer._packed is not None and layer._packed.tensor is not None) == (layout in PREPARED)
 
 
-def test_mkl_packing_is_available_on_this_build():
-    # The x86 CPU builds of torch that CI installs ship MKL; without it the packed path would never run.
-    assert can_pack(torch.empty(2, 2))
+def test_mkl_packing_and_onednn_are_available_on_this_build():
+    # The x86 CPU builds of torch that CI installs ship MKL and oneDNN; without them these paths would never run.
+    assert can_pack(torch.empty(2, 2)) and can_use_onednn(torch.empty(2, 2))
     assert not can_pack(torch.empty(2, 2, dtype=torch.bfloat16))
+    assert not can_use_onednn(torch.empty(2, 2, dtype=torch.bfloat16))
+
+
+def test_a_layer_switching_prepared_layouts_drops_the_other_copy(monkeypatch):
+    torch.manual_seed(0)
+    layer = Linear(32, 24)
+    force_layout(monkeypatch, PACKED)
+    for _ in range(PACK_AFTER_CALLS):
+        decode_step(layer, rows=1)
+    assert layer._packed.layout == PACKED and layer._packed.tensor is not None
+    monkeypatch.setattr(linear_module, "_layout_choice", {})
+    force_layout(monkeypatch, ONEDNN_PACKED)
+    for _ in range(PACK_AFTER_CALLS):
+        y, expected = decode_step(layer, rows=1)
+        torch.testing.assert_close(y, expected, rtol=1e-5, atol=1e-5)
+    assert layer._packed.layout == ONEDNN_PACKED and layer._packed.tensor is not None
+
+
+def test_the_probe_reads_copies_larger_than_the_caches(monkeypatch):
+    monkeypatch.setattr(linear_module, "_PROBE_BYTES", 64 * 32 * 4 * 5)
+    weight = torch.randn(64, 32)
+    copies = linear_module._streamed_copies(weight)
+    assert len(copies) == 5 and copies[0] is weight
+    assert all(torch.equal(c, weight) and c.data_ptr() != weight.data_ptr() for c in copies[1:])
+    big = torch.randn(64, 32 * 8)
+    assert len(linear_module._streamed_copies(big)) == 1  # one is already more than _PROBE_BYTES
 
 
 def test_a_weight_is_packed_only_after_a_run_of_calls_and_serves_smaller_batches(monkeypatch):
@@ -142,7 +169,7 @@ def test_the_probe_offers_packing_only_where_it_exists(monkeypatch):
     weight = torch.randn(64, 32)
     fp32 = linear_module._probe(weight, None, 8)
     bf16 = linear_module._probe(weight.bfloat16(), None, 8)
-    assert timed == [{PLAIN, WEIGHT_MAJOR, PACKED}, {PLAIN, WEIGHT_MAJOR}]
+    assert timed == [{PLAIN, WEIGHT_MAJOR, ONEDNN, PACKED, ONEDNN_PACKED}, {PLAIN, WEIGHT_MAJOR}]
     assert fp32[1] in (PLAIN, WEIGHT_MAJOR) and bf16[0] in (PLAIN, WEIGHT_MAJOR)
 
 
