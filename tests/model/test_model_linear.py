@@ -85,6 +85,11 @@ def test_the_probe_reads_copies_larger_than_the_caches(monkeypatch):
     assert len(linear_module._streamed_copies(big)) == 1  # one is already more than _PROBE_BYTES
 
 
+def test_the_probe_makes_no_copies_when_memory_is_short(monkeypatch, tmp_path):
+    fake_meminfo(monkeypatch, tmp_path, 1 << 20)  # 1 GiB available: all of it the reserve
+    assert len(linear_module._streamed_copies(torch.randn(64, 32))) == 1
+
+
 def test_a_weight_is_packed_only_after_a_run_of_calls_and_serves_smaller_batches(monkeypatch):
     layer = Linear(32, 40)
     force_layout(monkeypatch, PACKED, WEIGHT_MAJOR)

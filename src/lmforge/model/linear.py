@@ -192,7 +192,12 @@ def can_use_onednn(weight: torch.Tensor) -> bool:
 
 def _memory_allows(weight: torch.Tensor) -> bool:
     """True when a packed copy of `weight` leaves at least _MEMORY_RESERVE of memory available (Linux)."""
-    needed = _PACKED_SIZE * weight.numel() * weight.element_size() + _MEMORY_RESERVE
+    return _memory_available_for(_PACKED_SIZE * weight.numel() * weight.element_size())
+
+
+def _memory_available_for(size: float) -> bool:
+    """True when `size` more bytes leave at least _MEMORY_RESERVE of memory available (Linux)."""
+    needed = size + _MEMORY_RESERVE
     try:
         for line in _MEMINFO.read_text().splitlines():
             if line.startswith("MemAvailable:"):
@@ -251,10 +256,14 @@ def _streamed_copies(weight: torch.Tensor) -> list[torch.Tensor]:
 
     A decode step reads every weight once, from memory; a probe that multiplied one small weight over and
     over would time it sitting in the CPU's caches, where the ranking differs (GPT-2's 768 x 768 at one
-    row on a 2-core EPYC: MKL 27 GB/s from cache, 13 from memory; oneDNN 22 and 15). Cycling through
-    copies larger than the caches together makes the probe read from memory as decoding does.
+    row on a 2-core EPYC: MKL 27 GB/s from cache, 13 from memory; oneDNN 22 and 15). Going round
+    copies larger than the caches together makes the probe read from memory as decoding does. With
+    the prepared copies of each, a probe briefly holds about 3.6 x _PROBE_BYTES; short of memory, it
+    times the weight alone.
     """
     count = min(_PROBE_MAX_COPIES, max(1, _PROBE_BYTES // max(1, weight.numel() * weight.element_size())))
+    if not _memory_available_for((1 + _PACKED_SIZE + 1) * _PROBE_BYTES):
+        count = 1
     return [weight] + [weight.clone() for _ in range(count - 1)]
 
 
