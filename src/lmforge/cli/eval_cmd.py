@@ -1,6 +1,7 @@
 """The `lmforge eval` verb: loss, perplexity and next-token accuracy of a checkpoint on held-out text.
 
     lmforge eval CKPT --data DIR|FILES... [--split val|train|all] [--batch-size 8] [--max-batches N]
+    lmforge eval CKPT --tasks lmforge-quick|hellaswag,... [--limit N --num-fewshot K --include-path DIR]
                       [--quantize int8] [--backend torch|llamacpp --quant q8_0] [--json]
 
 --quantize int8 scores the checkpoint as loaded, then with int8 weights, on the same windows, and
@@ -38,8 +39,12 @@ def cmd_eval(args: argparse.Namespace, overrides: list[str]) -> int:
         raise ValueError("--quantize is for the PyTorch engine; with --backend llamacpp, --quant picks the GGUF storage")
     if args.backend == "torch" and args.quant is not None:
         raise ValueError("--quant picks the GGUF file of --backend llamacpp; the PyTorch engine takes --quantize int8")
+    if (args.data is None) == (args.tasks is None):
+        raise ValueError("give --data (perplexity on held-out text) or --tasks (lm-evaluation-harness tasks)")
     device = resolve_device(args.device) if args.backend == "torch" else "cpu"
     model = _scored_model(args, device)
+    if args.tasks is not None:
+        return _run_tasks(args, model, device)
     sources = [Path(source).expanduser() for source in args.data]
     # Preparing raw files prints progress lines; stdout is kept for the result (one JSON object with --json).
     with contextlib.redirect_stdout(sys.stderr):
@@ -63,6 +68,37 @@ def cmd_eval(args: argparse.Namespace, overrides: list[str]) -> int:
         print(quant.summary(), file=sys.stderr)
         report["int8"] = {**asdict(score("evaluating int8")), "kernel": quant.kernel}
     print(json.dumps(report) if args.json else _as_text(report))
+    return 0
+
+
+def _run_tasks(args: argparse.Namespace, scorer, device: str) -> int:
+    """lm-evaluation-harness tasks on the checkpoint: scores with standard errors, chance levels, warnings."""
+    try:
+        from ..eval.benchmarks import run_tasks
+        from ..eval.harness import LMForgeLM
+    except ImportError as exc:
+        raise ValueError(f"--tasks needs lm-evaluation-harness ({exc.name} is missing): "
+                         "pip install 'lmforge[lmeval]'") from exc
+    from .generate_cmds import _load_engine
+
+    if args.backend == "torch":
+        from ..generate.engine import Engine
+        from ..tokenizer import load_tokenizer
+
+        engine = Engine(scorer, load_tokenizer(args.checkpoint))
+    else:
+        engine = _load_engine(args.checkpoint, backend="llamacpp", quant=args.quant)
+    lm = LMForgeLM(engine, scorer, batch_size=args.batch_size, device=device)
+    tasks = [name.strip() for name in args.tasks.split(",") if name.strip()]
+    with contextlib.redirect_stdout(sys.stderr):  # the harness prints progress; stdout is for the result
+        limit = int(args.limit) if args.limit is not None and args.limit >= 1 else args.limit
+        report, _ = run_tasks(lm, tasks, limit=limit, num_fewshot=args.num_fewshot,
+                              include_path=args.include_path)
+    if args.json:
+        print(json.dumps({"checkpoint": str(args.checkpoint), "tasks": tasks, "limit": limit,
+                          "num_fewshot": args.num_fewshot, **report.as_dict()}))
+    else:
+        print(report.as_text())
     return 0
 
 
@@ -102,7 +138,7 @@ def register(sub) -> None:
     """Add the `eval` verb to the `lmforge` sub-command parser."""
     p = sub.add_parser("eval", help="loss, perplexity and next-token accuracy of a checkpoint on held-out text")
     p.add_argument("checkpoint", help="a checkpoint folder, e.g. checkpoints/best")
-    p.add_argument("--data", nargs="+", required=True, metavar="DIR|FILE",
+    p.add_argument("--data", nargs="+", metavar="DIR|FILE",
                    help="a prepared data folder (its tokenizer must match the checkpoint's), or raw files/folders, "
                         "which are tokenized with the checkpoint's tokenizer")
     p.add_argument("--split", choices=["val", "train", "all"],
@@ -110,6 +146,13 @@ def register(sub) -> None:
                         "which holds all of them)")
     p.add_argument("--batch-size", type=int, default=8, help="windows per forward pass (default: 8)")
     p.add_argument("--max-batches", type=int, default=None, help="stop after this many batches (default: all)")
+    p.add_argument("--tasks", help="lm-evaluation-harness tasks or groups, comma-separated (e.g. lmforge-quick, "
+                                   "hellaswag,arc_easy); instead of --data. Needs pip install 'lmforge[lmeval]'")
+    p.add_argument("--limit", type=float, default=None,
+                   help="with --tasks: examples per task (a fraction below 1 takes that share)")
+    p.add_argument("--num-fewshot", type=int, default=None, help="with --tasks: solved examples put before each one")
+    p.add_argument("--include-path", help="with --tasks: a folder of task YAMLs of your own (the harness's "
+                                          "--include_path)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | mps (default: auto)")
     p.add_argument("--quantize", choices=["none", "int8"], default="none",
                    help="int8: also score the model with weight-only int8 matrices, and print the change")
