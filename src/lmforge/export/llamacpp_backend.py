@@ -67,6 +67,14 @@ class LlamaCppEngine(TextEngine):
         tokenizer = load_tokenizer(tokenizer_folder(Path(checkpoint)))
         return cls(gguf_file, tokenizer, read_model_config(checkpoint).block_size, threads)
 
+    @property
+    def scorer(self) -> LlamaCppScorer:
+        """A second llama.cpp context that keeps every position's logits (for log-probabilities), made on
+        first use: generation itself keeps only the last position's."""
+        if getattr(self, "_scorer", None) is None:
+            self._scorer = LlamaCppScorer(self.gguf_file, self.context_size, self.llm.n_threads)
+        return self._scorer
+
     def describe(self) -> str:
         return f"llama.cpp backend: {self.gguf_file} ({self.llm.n_threads} threads)"
 
@@ -110,6 +118,8 @@ class LlamaCppEngine(TextEngine):
 
     def close(self) -> None:
         self.llm.close()
+        if getattr(self, "_scorer", None) is not None:
+            self._scorer.llm.close()
 
 
 class LlamaCppScorer(torch.nn.Module):

@@ -186,6 +186,7 @@ class TextStream:
         self.token_ids: list[int] = []
         self.text = ""  # everything handed out so far
         self.finish_reason: str | None = None  # "stop" or "length" once finished
+        self.stop_token: int | None = None  # the end-of-text token, when the model ended the text with it
         # token_ids[:_decoded] are text already. We decode from _context, one step further back, because
         # some tokenizers decode a token differently at the start of a text (e.g. drop its leading space).
         self._context = 0
@@ -312,7 +313,11 @@ class TextEngine:
                 for row, (stream, token, p) in enumerate(zip(streams, tokens, params)):
                     if stream.finish_reason is not None:
                         continue
-                    piece = stream.finish("stop") if token == self.tokenizer.eot_id else stream.push(token)
+                    if token == self.tokenizer.eot_id:
+                        stream.stop_token = token  # ended by the model, not by a stop string or the budget
+                        piece = stream.finish("stop")
+                    else:
+                        piece = stream.push(token)
                     if stream.finish_reason is None and len(stream.token_ids) >= p.max_new_tokens:
                         piece += stream.finish("length")  # this request's own token budget is spent
                     if piece or stream.finish_reason is not None:
@@ -328,6 +333,29 @@ class TextEngine:
         """Token ids of a prompt; an empty one starts a new document (the end-of-text token)."""
         ids = prompt if isinstance(prompt, list) else self.tokenizer.encode(prompt)
         return list(ids) or [self.tokenizer.eot_id]
+
+    @property
+    def scorer(self) -> torch.nn.Module:
+        """Token ids (B, T) -> logits (B, T, V): what scores prompts (log-probabilities, benchmarks)."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def token_logprobs(self, ids: list[int]) -> torch.Tensor:
+        """Log-probabilities (len(ids) - 1, V): row t is the distribution of the token after ids[:t + 1].
+
+        Up to context_size tokens are read in one pass. Past it, each further half context is scored
+        in a window of the context_size tokens that end with it, as generation slides: every token is
+        predicted from at least half a context before it.
+        """
+        context, half = self.context_size, max(1, self.context_size // 2)
+        rows, done = [], 0  # done: how many tokens have their prediction row (rows predict ids[1:])
+        while done < len(ids) - 1:
+            end = min(len(ids) - 1, context if done == 0 else done + half)  # rows done..end-1 come from this window
+            start = max(0, end - context)
+            logits = self.scorer(torch.tensor([ids[start:end]], device=self.sampling_device))[0]
+            rows.append(torch.log_softmax(logits[done - start:].float(), dim=-1).cpu())
+            done = end
+        return torch.cat(rows) if rows else torch.empty(0, self.tokenizer.vocab_size)
 
     def _generator(self, seed: int | None) -> torch.Generator | None:
         """A generator per request: the same seed gives the same text, whatever else is in the batch."""
@@ -355,6 +383,10 @@ class Engine(TextEngine):
     @property
     def sampling_device(self) -> torch.device:  # the model's, wherever it is now
         return next(self.model.parameters()).device
+
+    @property
+    def scorer(self) -> torch.nn.Module:
+        return self.model
 
     def token_steps(self, prompts: list[list[int]], params: list[SamplingParams],
                     generators: list[torch.Generator | None]) -> Iterator[list[int]]:

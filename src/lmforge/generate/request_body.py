@@ -4,7 +4,7 @@ Every field is checked before a request reaches the model, so a bad value is ans
 naming the field and never meets the other requests of its batch. Checks are strict: a number
 must be a JSON number (not "0.5", not true), text must be a string, and NaN or Infinity (which
 Python's JSON parser accepts as literals) are refused. Fields OpenAI defines that lmforge does not
-use (user, logprobs, ...) are ignored, as before.
+use (user, ...) are ignored, as before.
 """
 
 from __future__ import annotations
@@ -24,6 +24,8 @@ LOGIT_BIAS_LIMIT = 100        # a bias is in [-100, 100], as OpenAI: -100 bans a
 MAX_TEMPERATURE = 100.0       # far past uniform already; OpenAI stops at 2
 REPETITION_PENALTY_RANGE = (0.01, 10.0)  # a smaller penalty multiplies logits by > 100: float32 overflows soon
 MAX_TOP_K = 1_000_000         # more than any vocabulary: top_k beyond the vocabulary keeps every token
+MAX_LOGPROBS = 20             # most likely tokens listed per position, as OpenAI (vLLM allows more)
+MAX_PROMPT_IDS = 1_000_000    # token ids in one prompt given as ids (the body size limit bounds it first)
 
 
 def _encodable(text: str) -> str:
@@ -75,8 +77,16 @@ class SamplingFields(BaseModel):
         return [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
 
 
+TokenIds = Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1, max_length=MAX_PROMPT_IDS)]
+
+
 class CompletionRequest(SamplingFields):
-    prompt: Text | Annotated[list[Text], Field(min_length=1, max_length=MAX_CHOICES)]  # "" starts a new document
+    # Text, or token ids (the lm-evaluation-harness sends ids); one of either, or a list of them. "" starts
+    # a new document. Ids are checked against the vocabulary by the server.
+    prompt: Text | Annotated[list[Text], Field(min_length=1, max_length=MAX_CHOICES)] | TokenIds | \
+        Annotated[list[TokenIds], Field(min_length=1, max_length=MAX_CHOICES)]
+    logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)  # per token: its log-probability and the top N
+    echo: bool = False  # the prompt too, in the text and (with logprobs) its tokens' log-probabilities
 
 
 class ChatMessage(BaseModel):
@@ -88,7 +98,28 @@ class ChatMessage(BaseModel):
 
 class ChatRequest(SamplingFields):
     messages: list[ChatMessage] = Field(min_length=1)
+    logprobs: bool = False  # each answer token's log-probability ...
+    top_logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)  # ... and the N most likely tokens there
     max_completion_tokens: int | None = Field(None, ge=1)  # the newer name of max_tokens in the chat API
 
     def requested_tokens(self) -> int | None:
         return self.max_tokens if self.max_completion_tokens is None else self.max_completion_tokens
+
+
+class TokenizeRequest(BaseModel):
+    """/tokenize, as vLLM's: text in, token ids out."""
+
+    model_config = ConfigDict(strict=True)
+
+    prompt: Text
+    add_special_tokens: bool = True  # accepted for compatibility: lmforge's tokenizers add no special tokens
+    model: str | None = None
+
+
+class DetokenizeRequest(BaseModel):
+    """/detokenize, as vLLM's: token ids in, text out."""
+
+    model_config = ConfigDict(strict=True)
+
+    tokens: Annotated[list[Annotated[int, Field(ge=0)]], Field(max_length=MAX_PROMPT_IDS)]
+    model: str | None = None

@@ -34,12 +34,15 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException
 
+from ..data.templates import jinja_chat_template
 from .chat import ChatTemplate, chat_prompt_ids
 from .engine import TextEngine
 from .guards import ApiKeyCheck, BodySizeLimit, ConcurrencyLimit, HostCheck, InFlight, error_response
 from .limits import ServerLimits
+from .logprobs import chat_logprobs, completion_logprobs
 from .params import SamplingParams
-from .request_body import DEFAULT_MAX_TOKENS, MAX_CHOICES, ChatRequest, CompletionRequest, SamplingFields
+from .request_body import (DEFAULT_MAX_TOKENS, MAX_CHOICES, ChatRequest, CompletionRequest, DetokenizeRequest,
+                           SamplingFields, TokenizeRequest)
 from .worker import BATCH_WINDOW_S, GenerationWorker, QueueFull, Request as WorkerRequest, WorkerStopped
 
 log = logging.getLogger("lmforge.serve")
@@ -77,6 +80,8 @@ class Job:
     params: SamplingParams
     n: int
     notes: list[str]  # what the client should know (prompts cut by truncate_prompt_tokens)
+    logprobs_top: int | None = None  # log-probabilities wanted, with this many likeliest tokens per position
+    echo: bool = False  # the prompt's text (and log-probabilities) come back before the completion's
 
     def sample_params(self, j: int) -> SamplingParams:
         """Sample j of each prompt uses seed + j, so that the n choices differ but stay reproducible."""
@@ -134,6 +139,20 @@ class Context:
         return max_tokens
 
 
+def prompt_list(prompt) -> list[str | list[int]]:
+    """The prompts of a completions request: one text or one list of token ids is one prompt."""
+    if isinstance(prompt, str) or (prompt and isinstance(prompt[0], int)):
+        return [prompt]
+    return list(prompt)
+
+
+def check_token_ids(prompts: list, vocab_size: int, param: str = "prompt") -> None:
+    for i, prompt in enumerate(prompts):
+        if isinstance(prompt, list) and (bad := next((t for t in prompt if t >= vocab_size), None)) is not None:
+            raise ApiError(400, f"prompt {i}: {bad} is not a token id of this model (0 to {vocab_size - 1})",
+                           param=param)
+
+
 def check_logit_bias(req: SamplingFields, vocab_size: int) -> None:
     """logit_bias keys must be token ids of this model's vocabulary (their form is checked with the body)."""
     for key in req.logit_bias or {}:
@@ -157,7 +176,7 @@ def sampling_params(req: SamplingFields, max_tokens: int, extra_stop: tuple[str,
 def submit(worker: GenerationWorker, job: Job) -> list[WorkerRequest]:
     """Queue the job's samples now, so that a full queue is a 429 before any answer has started."""
     try:
-        return worker.submit(job.rows())
+        return worker.submit(job.rows(), job.logprobs_top, job.echo)
     except QueueFull as exc:
         raise ApiError(429, f"the server is busy: {exc}; retry later", kind="server_busy", code="too_many_requests",
                        headers={"Retry-After": str(worker.retry_after_s())}) from exc
@@ -174,10 +193,16 @@ class CompletionsApi:
     id_prefix = "cmpl"
 
     @staticmethod
-    def choice(index: int, text: str, finish_reason: str | None) -> dict:
-        return {"index": index, "text": text, "logprobs": None, "finish_reason": finish_reason}
+    def choice(index: int, text: str, finish_reason: str | None, logprobs: dict | None = None) -> dict:
+        return {"index": index, "text": text, "logprobs": logprobs, "finish_reason": finish_reason}
 
     chunk = choice
+
+    @staticmethod
+    def logprobs(tokenizer, request: WorkerRequest, job: Job) -> dict:
+        # text_offset counts from the start of the prompt's text, as OpenAI's does
+        offset = 0 if job.echo else len(tokenizer.decode(request.prompt_ids))
+        return completion_logprobs(tokenizer, request.logprobs, offset)
 
     @staticmethod
     def opening_chunk(index: int) -> dict | None:
@@ -191,9 +216,13 @@ class ChatApi:
     id_prefix = "chatcmpl"
 
     @staticmethod
-    def choice(index: int, text: str, finish_reason: str | None) -> dict:
-        return {"index": index, "message": {"role": "assistant", "content": text}, "logprobs": None,
+    def choice(index: int, text: str, finish_reason: str | None, logprobs: dict | None = None) -> dict:
+        return {"index": index, "message": {"role": "assistant", "content": text}, "logprobs": logprobs,
                 "finish_reason": finish_reason}
+
+    @staticmethod
+    def logprobs(tokenizer, request: WorkerRequest, job: Job) -> dict:
+        return chat_logprobs(tokenizer, request.logprobs)
 
     @staticmethod
     def chunk(index: int, text: str, finish_reason: str | None) -> dict:
@@ -215,7 +244,7 @@ def response_header(api: Api, model_name: str, chunk: bool) -> dict:
             "created": int(time.time()), "model": model_name}
 
 
-async def complete(requests: list[WorkerRequest], job: Job, api: Api, model_name: str) -> dict:
+async def complete(requests: list[WorkerRequest], job: Job, api: Api, model_name: str, tokenizer) -> dict:
     """The whole answer at once, with token usage. All its samples went to the worker together (one batch)."""
     async def drain(request: WorkerRequest) -> None:
         async for _ in request.pieces():
@@ -231,7 +260,9 @@ async def complete(requests: list[WorkerRequest], job: Job, api: Api, model_name
     choices, prompt_tokens, completion_tokens = [], 0, 0
     for index, request in enumerate(requests):
         completion = request.completion()
-        choices.append(api.choice(index, completion.text, completion.finish_reason))
+        text = (tokenizer.decode(request.prompt_ids) if job.echo else "") + completion.text
+        logprobs = api.logprobs(tokenizer, request, job) if job.logprobs_top is not None else None
+        choices.append(api.choice(index, text, completion.finish_reason, logprobs))
         completion_tokens += len(completion.token_ids)
         prompt_tokens += completion.prompt_tokens if index % job.n == 0 else 0  # each prompt once, as in OpenAI
     usage = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
@@ -289,15 +320,18 @@ async def stream_events(requests: list[WorkerRequest], api: Api, model_name: str
     yield "data: [DONE]\n\n"
 
 
-async def answer(worker: GenerationWorker, job: Job, api: Api, model_name: str, stream: bool):
+async def answer(worker: GenerationWorker, job: Job, api: Api, model_name: str, stream: bool, tokenizer):
     """The response; a prompt cut by truncate_prompt_tokens is reported in the `x-lmforge-warning` header and,
     in a whole (non-streamed) answer, in a `warnings` list (OpenAI clients ignore fields they do not know)."""
+    if stream and (job.logprobs_top is not None or job.echo):
+        raise ApiError(400, "logprobs and echo are not available with stream yet; ask without stream",
+                       param="stream")
     requests = submit(worker, job)
     headers = {"x-lmforge-warning": " | ".join(job.notes)} if job.notes else None
     if stream:
         return StreamingResponse(stream_events(requests, api, model_name), media_type="text/event-stream",
                                  headers=headers)
-    body = await complete(requests, job, api, model_name)
+    body = await complete(requests, job, api, model_name, tokenizer)
     return JSONResponse({**body, "warnings": job.notes}, headers=headers) if job.notes else body
 
 
@@ -399,20 +433,44 @@ def create_app(engine: TextEngine, model_name: str, template: ChatTemplate, limi
 
     @app.post("/v1/completions")
     async def completions(req: CompletionRequest):
-        texts = [req.prompt] if isinstance(req.prompt, str) else req.prompt
-        check(req, len(texts))
+        given = prompt_list(req.prompt)
+        check(req, len(given))
+        check_token_ids(given, engine.tokenizer.vocab_size)
         # Tokenized once, on a thread: a long prompt must not hold up the event loop (and /health with it).
-        prompts = await asyncio.to_thread(lambda: [engine.encode(text) for text in texts])
-        return await answer(worker, job(req, prompts, req.max_tokens, "prompt"), CompletionsApi, model_name,
-                            req.stream)
+        prompts = await asyncio.to_thread(lambda: [engine.encode(prompt) for prompt in given])
+        work = job(req, prompts, req.max_tokens, "prompt")
+        work.logprobs_top, work.echo = req.logprobs, req.echo
+        return await answer(worker, work, CompletionsApi, model_name, req.stream, engine.tokenizer)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(req: ChatRequest):
         check(req, 1)
         messages = [m.model_dump() for m in req.messages]
         prompt = await asyncio.to_thread(lambda: engine.encode(chat_prompt_ids(messages, template, engine.tokenizer)))
-        return await answer(worker, job(req, [prompt], req.requested_tokens(), "messages", template.stop), ChatApi,
-                            model_name, req.stream)
+        work = job(req, [prompt], req.requested_tokens(), "messages", template.stop)
+        if req.top_logprobs is not None and not req.logprobs:
+            raise ApiError(400, "top_logprobs needs logprobs: true", param="top_logprobs")
+        work.logprobs_top = (req.top_logprobs or 0) if req.logprobs else None
+        return await answer(worker, work, ChatApi, model_name, req.stream, engine.tokenizer)
+
+    @app.get("/tokenizer_info")
+    async def tokenizer_info() -> dict:
+        """What a client needs to tokenize as the server does (vLLM's endpoint; lm-evaluation-harness
+        uses it, with /tokenize and /detokenize, instead of a tokenizer of its own)."""
+        eot = engine.tokenizer.decode([engine.tokenizer.eot_id])
+        return {"tokenizer_class": type(engine.tokenizer).__name__, "eos_token": eot, "bos_token": None,
+                "pad_token": None, "max_model_len": context.max_model_len,
+                "chat_template": jinja_chat_template(template, eot_token=eot)}
+
+    @app.post("/tokenize")
+    async def tokenize(req: TokenizeRequest) -> dict:
+        tokens = await asyncio.to_thread(engine.tokenizer.encode, req.prompt)
+        return {"tokens": tokens, "count": len(tokens), "max_model_len": context.max_model_len}
+
+    @app.post("/detokenize")
+    async def detokenize(req: DetokenizeRequest) -> dict:
+        check_token_ids([req.tokens], engine.tokenizer.vocab_size, param="tokens")
+        return {"prompt": engine.tokenizer.decode(req.tokens)}
 
     return app
 

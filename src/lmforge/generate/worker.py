@@ -29,6 +29,7 @@ from dataclasses import dataclass, replace
 
 from .engine import TextEngine, TextStream
 from .limits import ServerLimits
+from .logprobs import TokenLogprobs, token_logprobs
 from .params import Completion, SamplingParams
 
 log = logging.getLogger("lmforge.serve")
@@ -83,7 +84,8 @@ class GenerationWorker:
         """Seconds a refused client should wait: about one batch."""
         return max(1, math.ceil(self.last_batch_s))
 
-    def submit(self, rows: list[tuple[list[int], SamplingParams]]) -> list[Request]:
+    def submit(self, rows: list[tuple[list[int], SamplingParams]], logprobs_top: int | None = None,
+               logprobs_echo: bool = False) -> list[Request]:
         """Queue one request's samples (token ids, settings) together, or none of them: QueueFull.
 
         Only the event loop submits, so the room seen here cannot shrink before the samples are queued."""
@@ -92,7 +94,8 @@ class GenerationWorker:
         if self.queued() + len(rows) > self.max_queued:
             raise QueueFull(f"{self.queued()} samples are waiting already (at most {self.max_queued})")
         loop = asyncio.get_running_loop()
-        requests = [Request(ids, _with_seed(params), loop, asyncio.Queue()) for ids, params in rows]
+        requests = [Request(ids, _with_seed(params), loop, asyncio.Queue(), logprobs_top=logprobs_top,
+                            logprobs_echo=logprobs_echo) for ids, params in rows]
         for request in requests:
             self._pending.put(request)
         return requests
@@ -162,7 +165,17 @@ class GenerationWorker:
             request = batch[row]
             request.deliver(piece)
             if request.stream.finish_reason is not None:  # answered now, not when the whole batch is
+                if request.logprobs_top is not None:
+                    request.logprobs = self._logprobs_of(request)
                 request.finish()
+
+    def _logprobs_of(self, request: Request) -> TokenLogprobs:
+        """The log-probabilities a finished request asked for: its prompt and tokens read again in one pass
+        (the end-of-text token that ended it included, as vLLM reports it)."""
+        stop = [] if request.stream.stop_token is None else [request.stream.stop_token]
+        ids = request.prompt_ids + request.stream.token_ids + stop
+        first = 0 if request.logprobs_echo else len(request.prompt_ids)
+        return token_logprobs(self.engine.token_logprobs(ids), ids, first, request.logprobs_top)
 
     def _note_batch_size(self, size: int) -> None:
         self.batch_sizes.append(size)
@@ -191,6 +204,9 @@ class Request:
     done: bool = False
     sent_chars: int = 0  # text handed to the client so far, over all attempts
     made_chars: int = 0  # text produced by the current attempt
+    logprobs_top: int | None = None  # log-probabilities wanted, with this many likeliest tokens per position
+    logprobs_echo: bool = False  # ... of the prompt's tokens too
+    logprobs: TokenLogprobs | None = None  # computed on the worker thread when the text is complete
 
     # -- on the event loop --
 
