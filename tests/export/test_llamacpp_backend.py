@@ -175,3 +175,10 @@ def test_eval_command_scores_the_gguf_file_like_the_pytorch_model(checkpoint, tm
     assert ours["backend"] == "llamacpp f32" and ours["tokens"] == reference["tokens"] > 0
     assert ours["loss"] == pytest.approx(reference["loss"], rel=1e-4)
     assert ours["accuracy"] == pytest.approx(reference["accuracy"], abs=1 / ours["tokens"])
+
+
+def test_token_logprobs_match_the_pytorch_engine_past_the_window(f32_engine, torch_engine):
+    ids = torch_engine.tokenizer.encode(PROMPT * 12)[:300]  # past the 256-token context: windows slide
+    ours, reference = f32_engine.token_logprobs(ids), torch_engine.token_logprobs(ids)
+    assert ours.shape == reference.shape == (299, torch_engine.tokenizer.vocab_size)
+    assert (ours - reference).abs().max() < 1e-3  # log-softmax over ~1e-6-close logits
