@@ -35,7 +35,7 @@ def test_file_has_every_key_and_equal_list_lengths(tmp_path):
 
     saved = strict_json(tmp_path / METRICS_FILENAME)
 
-    assert set(saved) == set(METRIC_KEYS) | {"nonfinite_steps"}
+    assert set(saved) == set(METRIC_KEYS) | {"nonfinite_steps", "benchmarks"}
     assert {len(saved[key]) for key in METRIC_KEYS} == {5}
     assert saved["steps"] == [0, 10, 20, 30, 40]
     assert saved["tokens_seen"] == [0, 640, 1280, 1920, 2560]
@@ -182,3 +182,13 @@ def test_resume_keeps_a_damaged_log_aside_and_starts_afresh(tmp_path, caplog):
     assert not list(tmp_path.glob("*.tmp"))
     log_rows(resumed, [30])
     assert load_metrics(tmp_path)["steps"] == [30]
+
+
+def test_benchmark_rows_are_saved_and_resume_drops_those_after_the_checkpoint(tmp_path):
+    log = MetricsLog(tmp_path)
+    log_rows(log, range(0, 50, 10), val_every=20)
+    for step in (20, 40):
+        log.log_benchmarks(step, [{"task": "t", "metric": "acc", "value": 0.5, "stderr": 0.05, "chance": 0.25}])
+    assert [row["step"] for row in strict_json(tmp_path / METRICS_FILENAME)["benchmarks"]] == [20, 40]
+    resumed = MetricsLog.resume(tmp_path, up_to_step=30)
+    assert [row["step"] for row in resumed.to_dict()["benchmarks"]] == [20]

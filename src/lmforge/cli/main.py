@@ -38,12 +38,26 @@ def cmd_train(args: argparse.Namespace, overrides: list[str]) -> int:
     path, base = _config_source(args.config or "demo", preset_raw)
     cfg = load_run_config(path, overrides, base=base)
     config_yaml = render_config(cfg, "Resolved config of this run.")
-    result = run_pretraining(cfg.model, cfg.data, cfg.train, cfg.ingest, config_yaml, cfg.dist)
+    result = run_pretraining(cfg.model, cfg.data, cfg.train, cfg.ingest, config_yaml, cfg.dist,
+                             benchmark=_training_benchmark(cfg.train))
     if env_from_torchrun().is_main:  # under torchrun, one summary rather than one per process
         _print_summary(result, cfg.train.sample_prompt)
     if result.stop_reason.startswith("diverged"):
         return EXIT_FAILED
     return EXIT_INTERRUPTED if result.stop_reason.startswith("interrupted") else 0
+
+
+def _training_benchmark(train_cfg):
+    """What scores train.eval_tasks during training, or None when it names none."""
+    tasks = [task.strip() for task in train_cfg.eval_tasks.split(",") if task.strip()]
+    if not tasks:
+        return None
+    try:
+        from ..eval.benchmarks import training_benchmark
+    except ImportError as exc:
+        raise ValueError(f"train.eval_tasks needs lm-evaluation-harness ({exc.name} is missing): "
+                         "pip install 'lmforge[lmeval]'") from exc
+    return training_benchmark(tasks, train_cfg.eval_tasks_limit)
 
 
 def torchrun_command(nproc: int, train_args: list[str], verb: str = "train") -> list[str]:

@@ -12,6 +12,7 @@ like this), and when contexts had to be cut to fit the model's window.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,14 +61,20 @@ def run_tasks(lm: LMForgeLM, tasks: list[str], limit: int | float | None = None,
     """Run harness tasks (names, groups, or tasks under include_path / the shipped quick tasks); the report
     and the harness's raw results (with every sample)."""
     from lm_eval import simple_evaluate
-    from lm_eval.tasks import TaskManager
 
-    paths = [str(QUICK_TASKS)] + ([str(include_path)] if include_path else [])
-    manager = TaskManager(include_path=paths)
+    manager = _task_manager(str(include_path) if include_path else None)
     results = simple_evaluate(model=lm, tasks=tasks, num_fewshot=num_fewshot, limit=limit, task_manager=manager,
                               log_samples=True, random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed,
                               fewshot_random_seed=seed, bootstrap_iters=1000)
     return read_report(results, lm.truncated, lm.truncated_continuations, lm.max_length), results
+
+
+@functools.lru_cache(maxsize=8)
+def _task_manager(include_path: str | None):
+    """The harness's task index (it reads thousands of task YAMLs: seconds), made once per include path."""
+    from lm_eval.tasks import TaskManager
+
+    return TaskManager(include_path=[str(QUICK_TASKS)] + ([include_path] if include_path else []))
 
 
 def read_report(results: dict, truncated: int = 0, truncated_continuations: int = 0,
@@ -116,3 +123,15 @@ def _all_loglikelihoods_equal(samples: list[dict]) -> bool:
     choice_samples = [s for s in samples if s.get("arguments") and _is_choice_sample(s)]
     return bool(choice_samples) and all(len({round(float(r[0][0]), 6) for r in s["resps"]}) == 1
                                         for s in choice_samples)
+
+
+def training_benchmark(tasks: list[str], limit: int):
+    """A function (model, tokenizer) -> score rows, for the training loop (train.eval_tasks)."""
+    from ..generate.engine import Engine
+
+    def benchmark(model, tokenizer) -> list[dict]:
+        lm = LMForgeLM(Engine(model, tokenizer), model, device=str(next(model.parameters()).device))
+        report, _ = run_tasks(lm, tasks, limit=limit)
+        return [{"task": s.task, "metric": s.metric, "value": s.value, "stderr": s.stderr, "chance": s.chance,
+                 "examples": s.examples} for s in report.scores]
+    return benchmark

@@ -49,6 +49,12 @@ class TrainConfig:
     sample_interval: int = field(default=250, metadata={"help": "write sample generations every N steps; 0 = off"})
     sample_prompt: str = field(default="", metadata={"help": "prompt for samples ('' = start of a document)"})
     sample_tokens: int = field(default=128, metadata={"help": "tokens per sample"})
+    eval_tasks: str = field(default="", metadata={
+        "help": "lm-evaluation-harness tasks to score during training, comma-separated (e.g. lmforge-quick); "
+                "'' = none. Needs pip install 'lmforge[lmeval]' (docs/evaluation.md)"})
+    eval_tasks_limit: int = field(default=50, metadata={"help": "examples per task at each benchmark"})
+    eval_tasks_interval: int = field(default=0, metadata={
+        "help": "benchmark every N steps (on an evaluation step) and at the end; 0 = at every evaluation"})
     early_stopping_patience: int | None = field(default=None, metadata={
         "help": "stop after this many evaluations without a better val loss; null = off"})
     # ---- checkpoints

@@ -197,9 +197,35 @@ def diagnose(metrics: dict[str, Any], dropout: float | None = None) -> Diagnosis
     measured = replace(_measure(_read_curves(metrics)), dropout=dropout)
     verdict = _classify(measured)
     explanation, remedies = _EXPLAINERS[verdict](measured)
-    text = "\n\n".join([f"Verdict: {verdict}", explanation, _describe_numbers(measured),
+    benchmarks = _benchmark_notes(metrics)
+    text = "\n\n".join([f"Verdict: {verdict}", explanation, _describe_numbers(measured), *benchmarks,
                         "What to try:\n" + "\n".join(f"- {remedy}" for remedy in remedies)])
     return Diagnosis(verdict=verdict, text=text + "\n", numbers=asdict(measured))
+
+
+def _benchmark_notes(metrics: dict[str, Any]) -> list[str]:
+    """What the train.eval_tasks accuracies say, beside the loss: one paragraph, or none without benchmarks."""
+    by_task: dict[str, list[dict]] = {}
+    for row in metrics.get("benchmarks") or []:
+        if row.get("metric") == "acc" and row.get("value") is not None:
+            by_task.setdefault(row["task"], []).append(row)
+    val = [v for v in metrics.get("val_loss") or [] if v is not None and math.isfinite(v)]
+    loss_fell = len(val) >= 2 and val[-1] < val[0]
+    lines = []
+    for task, rows in sorted(by_task.items()):
+        first, last = rows[0], rows[-1]
+        chance, stderr = last.get("chance"), last.get("stderr") or 0.0
+        where = f"{task}: accuracy {last['value']:.3f} +- {stderr:.3f} at step {last['step']}"
+        if chance is not None and abs(last["value"] - chance) < 2 * stderr:
+            why = (f"the validation loss fell from {val[0]:.3f} to {val[-1]:.3f} while this accuracy stayed within "
+                   "noise of chance: the model has learned what the loss measures, not (yet) what this task tests. "
+                   "Train longer or larger, or measure it on a task closer to its data" if loss_fell else
+                   "within noise of chance")
+            lines.append(f"{where} (chance {chance:.3f}); {why}.")
+        else:
+            lines.append(f"{where} (chance {chance if chance is None else round(chance, 3)}), from "
+                         f"{first['value']:.3f} at step {first['step']}.")
+    return ["Benchmarks:\n" + "\n".join(f"- {line}" for line in lines)] if lines else []
 
 
 def write_diagnosis(run_dir: str | Path, metrics: dict[str, Any] | None = None,

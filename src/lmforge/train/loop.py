@@ -23,8 +23,10 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from tqdm import tqdm
@@ -35,6 +37,7 @@ from ..distributed.state_dict import FullModel, full_optimizer_state, load_full_
 from ..distributed.world_change import data_position_for_world, rng_for_rank
 from ..distributed.wrap import grad_scaler, gradient_sync, wrap_model
 from ..generate.engine import generate_text
+from ..model.linear import drop_packed_weights
 from ..utils.device import autocast
 from ..utils.malloc import keep_freed_memory
 from . import checkpoint as ckpt
@@ -48,6 +51,9 @@ from .objectives import count_targets, lm_loss_sum
 from .optim import build_optimizer, decay_progress, lr_at
 from .plots import write_plots
 from .state import TrainState, capture_rng, restore_rng
+
+# Scores benchmark tasks on (model, tokenizer): rows of {task, metric, value, stderr, chance, examples}.
+Benchmark = Callable[[torch.nn.Module, Any], list[dict[str, Any]]]
 
 
 @dataclass
@@ -103,8 +109,10 @@ class Trainer:
 
     def __init__(self, model, tokenizer, train_batches, val_batches, cfg: TrainConfig, run_dir: str | Path,
                  device: torch.device, precision: str, loss_fn=lm_loss_sum, model_files=None,
-                 env: DistEnv | None = None, strategy: str = "none", setup_seconds: float = 0.0):
+                 env: DistEnv | None = None, strategy: str = "none", setup_seconds: float = 0.0,
+                 benchmark: Benchmark | None = None):
         self.model, self.tokenizer, self.cfg = model, tokenizer, cfg
+        self.benchmark = benchmark  # scores train.eval_tasks (built by the caller: lmforge.eval runs the harness)
         self.train_batches, self.val_batches = train_batches, val_batches
         self.env, self.strategy = env or DistEnv(), strategy
         self.global_batch = cfg.batch_size * cfg.grad_accum_steps * self.env.world_size
@@ -283,6 +291,25 @@ class Trainer:
             loss_sum, n = totals[0].item(), int(totals[1].item())
         return loss_sum / n if n else None
 
+    def _benchmark_due(self, last: bool) -> bool:
+        interval = self.cfg.eval_tasks_interval
+        return self.benchmark is not None and (last or not interval or self.state.step % interval == 0)
+
+    def run_benchmark(self) -> None:
+        """Score train.eval_tasks on the current model (rank 0) and log them beside the losses."""
+        model = self.full_model.gather()  # under fsdp every rank must take part
+        if not self.env.is_main:
+            return
+        was_training = model.training
+        model.eval()
+        try:
+            rows = self.benchmark(model, self.tokenizer)
+        finally:
+            model.train(was_training)
+            drop_packed_weights(model)  # the weights change with the next step
+        if self.metrics is not None:
+            self.metrics.log_benchmarks(self.state.step, rows)
+
     def write_samples(self) -> str:
         """Append a generation from the current model to samples.jsonl (rank 0; the text, or "" elsewhere)."""
         cfg = self.cfg
@@ -413,6 +440,8 @@ class Trainer:
                     now = time.perf_counter()
                     tokens_per_sec = (s.tokens_seen - window_tokens) / max(now - window_start, 1e-9)
                     val_loss = self.validate() if evaluate else None
+                    if evaluate and self._benchmark_due(last):
+                        self.run_benchmark()
                     eval_seconds = time.perf_counter() - now
                     if val_loss is not None:
                         self.last_val_loss = val_loss

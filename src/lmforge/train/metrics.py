@@ -32,6 +32,7 @@ METRIC_KEYS = (
     "grad_norm",
 )
 NONFINITE_KEY = "nonfinite_steps"
+BENCHMARKS_KEY = "benchmarks"  # rows {step, task, metric, value, stderr, chance} of train.eval_tasks
 
 # TensorBoard tag for each metric worth charting (steps is the x axis, not a chart).
 _TENSORBOARD_TAGS = {
@@ -55,6 +56,7 @@ class MetricsLog:
         self.path = self.run_dir / METRICS_FILENAME
         self._columns: dict[str, list] = {key: [] for key in METRIC_KEYS}
         self._nonfinite_steps: list[int] = []
+        self._benchmarks: list[dict[str, Any]] = []
         self._tensorboard = _open_tensorboard(self.run_dir) if tensorboard else None
 
     def log(
@@ -89,10 +91,20 @@ class MetricsLog:
         self._write_tensorboard(row)
         self._save()
 
+    def log_benchmarks(self, step: int, rows: list[dict[str, Any]]) -> None:
+        """Add benchmark scores measured at `step` (train.eval_tasks) and rewrite the file."""
+        for row in rows:
+            self._benchmarks.append({"step": int(step), **{k: _json_number(v) if isinstance(v, float) else v
+                                                           for k, v in row.items()}})
+            if self._tensorboard is not None and row.get("value") is not None:
+                self._tensorboard.add_scalar(f"benchmarks/{row['task']}/{row['metric']}", row["value"], step)
+        self._save()
+
     def to_dict(self) -> dict[str, Any]:
-        """The log as saved in the file: one list per metric, plus the non-finite steps."""
+        """The log as saved in the file: one list per metric, plus the non-finite steps and benchmark rows."""
         metrics: dict[str, Any] = {key: list(values) for key, values in self._columns.items()}
         metrics[NONFINITE_KEY] = list(self._nonfinite_steps)
+        metrics[BENCHMARKS_KEY] = [dict(row) for row in self._benchmarks]
         return metrics
 
     @classmethod
@@ -110,6 +122,7 @@ class MetricsLog:
             keep = [i for i, step in enumerate(saved["steps"]) if step <= up_to_step]
             log._columns = {key: [saved[key][i] for i in keep] for key in METRIC_KEYS}
             log._nonfinite_steps = [s for s in saved[NONFINITE_KEY] if s <= up_to_step]
+            log._benchmarks = [row for row in saved[BENCHMARKS_KEY] if row.get("step", 0) <= up_to_step]
             log._save()
         if tensorboard:
             # purge_step hides the events the interrupted run wrote after the checkpoint.
@@ -178,6 +191,8 @@ def load_metrics(run_dir_or_file: str | Path) -> dict[str, Any]:
                          "from a backup.") from error
     _check_columns(metrics, path)
     metrics.setdefault(NONFINITE_KEY, [])
+    if not isinstance(metrics.setdefault(BENCHMARKS_KEY, []), list):
+        raise ValueError(f"{path} is damaged: {BENCHMARKS_KEY} must be a list of rows.")
     return metrics
 
 

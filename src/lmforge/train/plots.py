@@ -84,10 +84,14 @@ def training_curve_figure(metrics: dict[str, Any]) -> Figure:
     """Train and validation loss (top) and learning rate on a log scale (bottom) against step."""
     if not metrics.get("steps"):
         return _no_data_figure("Training curve")
-    figure = _new_figure(figsize=(9, 7))
-    loss_axes, lr_axes = figure.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
-    _draw_losses(loss_axes, metrics)
-    _draw_learning_rate(lr_axes, metrics)
+    accuracies = _benchmark_accuracies(metrics)
+    figure = _new_figure(figsize=(9, 9 if accuracies else 7))
+    ratios = [3, 1, 2] if accuracies else [3, 1]
+    axes = figure.subplots(len(ratios), 1, sharex=True, gridspec_kw={"height_ratios": ratios})
+    _draw_losses(axes[0], metrics)
+    _draw_learning_rate(axes[1], metrics)
+    if accuracies:
+        _draw_benchmarks(axes[2], accuracies)
     return figure
 
 
@@ -156,6 +160,28 @@ def _draw_learning_rate(axes, metrics: dict[str, Any]) -> None:
         axes.set_yscale("log")
     axes.set_title("Learning rate schedule")
     _label(axes, xlabel="step", ylabel="learning rate")
+
+
+def _benchmark_accuracies(metrics: dict[str, Any]) -> dict[str, list[dict]]:
+    """train.eval_tasks accuracy rows by task (the "acc" metric of multiple-choice tasks)."""
+    by_task: dict[str, list[dict]] = {}
+    for row in metrics.get("benchmarks") or []:
+        if row.get("metric") == "acc" and _is_finite(row.get("value")):
+            by_task.setdefault(row["task"], []).append(row)
+    return by_task
+
+
+def _draw_benchmarks(axes, accuracies: dict[str, list[dict]]) -> None:
+    """Each task's accuracy with its standard error, and its chance level as a dashed line of the same colour."""
+    for index, (task, rows) in enumerate(sorted(accuracies.items())):
+        color = f"C{(index + 3) % 10}"
+        axes.errorbar([r["step"] for r in rows], [r["value"] for r in rows],
+                      yerr=[r.get("stderr") or 0.0 for r in rows], fmt="o-", color=color, markersize=4,
+                      capsize=2, label=task)
+        if rows[-1].get("chance") is not None:
+            axes.axhline(rows[-1]["chance"], color=color, linestyle="--", linewidth=1)
+    axes.set_title("Benchmarks (train.eval_tasks): accuracy, dashed = chance")
+    _label(axes, xlabel="step", ylabel="accuracy")
 
 
 def _label(axes, xlabel: str | None, ylabel: str) -> None:

@@ -30,7 +30,7 @@ from ..tokenizer import load_tokenizer
 from ..utils.device import resolve_precision
 from . import checkpoint as ckpt
 from .config import TrainConfig
-from .loop import Trainer, TrainResult
+from .loop import Benchmark, Trainer, TrainResult
 from .objectives import lm_loss_sum
 from .optim import build_optimizer
 from .precision import run_precision
@@ -64,16 +64,19 @@ def build_model(model_cfg: ModelConfig, vocab_size: int) -> GPT:
 
 def run_pretraining(model_cfg: ModelConfig, data_cfg: DataConfig, train_cfg: TrainConfig,
                     ingest_cfg: IngestConfig | None = None, config_yaml: str | None = None,
-                    dist_cfg: DistConfig | None = None) -> TrainResult:
-    """Train a model; under torchrun with several processes, as one data-parallel run (see lmforge.distributed)."""
+                    dist_cfg: DistConfig | None = None, benchmark: Benchmark | None = None) -> TrainResult:
+    """Train a model; under torchrun with several processes, as one data-parallel run (see lmforge.distributed).
+
+    `benchmark` scores train.eval_tasks at evaluations (lmforge.eval.benchmarks.training_benchmark makes one)."""
     dist_cfg = dist_cfg or DistConfig()
     with distributed_session(dist_cfg, train_cfg.device) as (env, device), quiet_unless_main(env), \
             claim_run_folder(train_cfg.out_dir, train_cfg.resume, env.is_main):
-        return _pretrain(model_cfg, data_cfg, train_cfg, ingest_cfg, config_yaml, dist_cfg, env, device)
+        return _pretrain(model_cfg, data_cfg, train_cfg, ingest_cfg, config_yaml, dist_cfg, env, device, benchmark)
 
 
 def _pretrain(model_cfg: ModelConfig, data_cfg: DataConfig, train_cfg: TrainConfig, ingest_cfg: IngestConfig | None,
-              config_yaml: str | None, dist_cfg: DistConfig, env: DistEnv, device: torch.device) -> TrainResult:
+              config_yaml: str | None, dist_cfg: DistConfig, env: DistEnv, device: torch.device,
+              benchmark: Benchmark | None = None) -> TrainResult:
     started = time.perf_counter()  # train.max_time budgets the whole run, data preparation included
     random.seed(train_cfg.seed)
     torch.manual_seed(train_cfg.seed)
@@ -119,7 +122,7 @@ def _pretrain(model_cfg: ModelConfig, data_cfg: DataConfig, train_cfg: TrainConf
     if env.is_distributed:
         print(describe_parallelism(train_cfg, env, strategy, block))
     trainer = Trainer(model, tokenizer, train_batches, val_batches, train_cfg, run_dir, device, precision,
-                      env=env, strategy=strategy, setup_seconds=time.perf_counter() - started)
+                      env=env, strategy=strategy, setup_seconds=time.perf_counter() - started, benchmark=benchmark)
     return trainer.fit()
 
 
