@@ -214,3 +214,21 @@ def test_dropout_is_a_choice_of_the_fine_tuning_run(base):
     model.set_dropout(cfg.model.dropout)
     rates = [m.p for m in model.modules() if isinstance(m, torch.nn.Dropout)]
     assert rates and all(p == 0.1 for p in rates) and model.blocks[0].attn.dropout == 0.1
+
+
+def test_causal_fine_tuning_scores_benchmarks_and_classify_refuses_them(tmp_path, base):
+    text = tmp_path / "domain.txt"
+    text.write_text("the cat sat on the mat. " * 400)
+    steps = []
+    args = [f"--model.init_from={base}", f"--data.path={text}", "--finetune.task=causal", "--train.max_steps=20",
+            f"--train.out_dir={tmp_path / 'run'}", "--train.eval_interval=10", "--train.sample_interval=0",
+            "--train.precision=fp32", "--train.device=cpu", "--train.batch_size=4"]
+    cfg = load_run_config(None, args)
+    rows = [{"task": "t", "metric": "acc", "value": 0.5, "stderr": 0.1, "chance": 0.25, "examples": 10}]
+    run_finetuning(cfg.model, cfg.data, cfg.train, cfg.finetune, cfg.ingest,
+                   benchmark=lambda model, tokenizer: steps.append(model.training) or rows)
+    assert steps == [False, False]  # steps 10 and 20, in eval mode
+    assert [r["step"] for r in metrics(tmp_path / "run")["benchmarks"]] == [10, 20]
+    cfg = load_run_config(None, [*args[:2], "--finetune.task=classify", *args[3:]])
+    with pytest.raises(ValueError, match="eval_tasks"):
+        run_finetuning(cfg.model, cfg.data, cfg.train, cfg.finetune, cfg.ingest, benchmark=lambda m, t: rows)

@@ -19,14 +19,15 @@ def cmd_finetune(args: argparse.Namespace, overrides: list[str]) -> int:
     from ..config.run import load_run_config, preset_raw, render_config
     from ..distributed.env import env_from_torchrun
     from ..train.finetune import run_finetuning
-    from .main import _config_source, _print_summary, _relaunch_under_torchrun
+    from .main import _config_source, _print_summary, _relaunch_under_torchrun, _training_benchmark
 
     if args.nproc is not None and args.nproc != 1:
         return _relaunch_under_torchrun(args.nproc, [args.config, *overrides], verb="finetune")
     path, base = _config_source(args.config, preset_raw)
     cfg = load_run_config(path, overrides, base=base)
     config_yaml = render_config(cfg, "Resolved config of this fine-tuning run.")
-    result, setup = run_finetuning(cfg.model, cfg.data, cfg.train, cfg.finetune, cfg.ingest, config_yaml, cfg.dist)
+    result, setup = run_finetuning(cfg.model, cfg.data, cfg.train, cfg.finetune, cfg.ingest, config_yaml, cfg.dist,
+                                   benchmark=_training_benchmark(cfg.train))
     if env_from_torchrun().is_main:  # under torchrun, one report rather than one per process
         if cfg.finetune.task == "classify":
             _classification_report(result.run_dir, setup)

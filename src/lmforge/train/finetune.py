@@ -35,7 +35,7 @@ from ..tokenizer import load_tokenizer
 from . import checkpoint as ckpt
 from .config import TrainConfig
 from .finetune_config import FinetuneConfig
-from .loop import Trainer, TrainResult
+from .loop import Benchmark, Trainer, TrainResult
 from .model_files import ClassifierFiles, LoRAFiles, with_chat_template
 from .objectives import classification_loss, lm_loss_sum
 from .precision import run_precision
@@ -58,7 +58,7 @@ class TaskSetup:
 
 def run_finetuning(model_cfg: ModelConfig, data_cfg: DataConfig, train_cfg: TrainConfig, ft: FinetuneConfig,
                    ingest_cfg: IngestConfig | None = None, config_yaml: str | None = None,
-                   dist_cfg: DistConfig | None = None) -> tuple[TrainResult, TaskSetup]:
+                   dist_cfg: DistConfig | None = None, benchmark: Benchmark | None = None) -> tuple[TrainResult, TaskSetup]:
     """Fine-tune and return the loop's result and the task's setup (its model and validation batches).
 
     Under torchrun with several processes it is one data-parallel run, as pretraining is (lmforge.distributed):
@@ -67,15 +67,19 @@ def run_finetuning(model_cfg: ModelConfig, data_cfg: DataConfig, train_cfg: Trai
     if not model_cfg.init_from:
         raise ValueError("model.init_from: fine-tuning starts from pretrained weights; set it to an lmforge "
                          "checkpoint folder or a Hugging Face model folder")
+    if benchmark is not None and ft.task == "classify":
+        raise ValueError("train.eval_tasks scores language-model tasks; a classify run trains a classifier head "
+                         "(its metrics report covers it)")
     dist_cfg = dist_cfg or DistConfig()
     with distributed_session(dist_cfg, train_cfg.device) as (env, device):
         with quiet_unless_main(env), claim_run_folder(train_cfg.out_dir, train_cfg.resume, env.is_main):
-            return _finetune(model_cfg, data_cfg, train_cfg, ft, ingest_cfg, config_yaml, dist_cfg, env, device)
+            return _finetune(model_cfg, data_cfg, train_cfg, ft, ingest_cfg, config_yaml, dist_cfg, env, device,
+                             benchmark)
 
 
 def _finetune(model_cfg: ModelConfig, data_cfg: DataConfig, train_cfg: TrainConfig, ft: FinetuneConfig,
               ingest_cfg: IngestConfig | None, config_yaml: str | None, dist_cfg: DistConfig, env: DistEnv,
-              device: torch.device) -> tuple[TrainResult, TaskSetup]:
+              device: torch.device, benchmark: Benchmark | None = None) -> tuple[TrainResult, TaskSetup]:
     started = time.perf_counter()  # train.max_time budgets the whole run, data preparation included
     random.seed(train_cfg.seed)
     torch.manual_seed(train_cfg.seed)
@@ -113,7 +117,7 @@ def _finetune(model_cfg: ModelConfig, data_cfg: DataConfig, train_cfg: TrainConf
         print(describe_parallelism(train_cfg, env, strategy, model.config.block_size))
     trainer = Trainer(setup.model, tokenizer, setup.train_batches, setup.val_batches, train_cfg, run_dir, device,
                       precision, setup.loss_fn, setup.files, env=env, strategy=strategy,
-                      setup_seconds=time.perf_counter() - started)
+                      setup_seconds=time.perf_counter() - started, benchmark=benchmark)
     return trainer.fit(), setup
 
 
