@@ -219,3 +219,19 @@ def test_eval_needs_data_or_tasks(setup, capsys):
     checkpoint, _ = setup
     assert main(["eval", str(checkpoint)]) != 0
     assert "--data" in capsys.readouterr().err
+
+
+def test_a_model_left_in_training_mode_is_scored_without_dropout(setup):
+    checkpoint, _ = setup
+    tokenizer = load_tokenizer(checkpoint)
+    model = load_model_from_checkpoint(checkpoint)
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.5
+    model.train()
+    lm = LMForgeLM(Engine(model, tokenizer), model)
+    pairs = [(tokenizer.encode("ROMEO: What"), tokenizer.encode(" light"))]
+    first, second = lm.score_pairs(pairs), lm.score_pairs(pairs)
+    assert first == second and model.training  # deterministic, and the model's mode is given back
+    model.eval()
+    assert lm.score_pairs(pairs)[0][0] == pytest.approx(first[0][0], abs=1e-5)

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from lm_eval.api.model import TemplateLM
 from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 
-from ..generate.engine import TextEngine
+from ..generate.engine import TextEngine, evaluation_mode
 from ..generate.params import SamplingParams
 
 DEFAULT_MAX_GEN_TOKS = 256
@@ -94,7 +94,7 @@ class LMForgeLM(TemplateLM):
         ids = torch.zeros(len(inputs), width, dtype=torch.long)
         for row, tokens in enumerate(inputs):
             ids[row, :len(tokens)] = torch.tensor(tokens)
-        with torch.no_grad():
+        with torch.no_grad(), evaluation_mode(self.scorer):  # no dropout, whatever mode the model was in
             logprobs = F.log_softmax(self.scorer(ids.to(self.device_)).float(), dim=-1).cpu()  # (B, T, V)
         results = []
         for row, ((_, continuation), tokens, n) in enumerate(zip(pairs, inputs, lengths)):

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import closing
+from contextlib import closing, contextmanager
 
 import torch
 
@@ -150,6 +150,17 @@ def compiled_decode_step() -> Callable:
         torch._dynamo.config.suppress_errors = True  # a graph that fails to compile runs eagerly instead
         _compiled_step = torch.compile(_forward)
     return _compiled_step
+
+
+@contextmanager
+def evaluation_mode(module: torch.nn.Module) -> Iterator[None]:
+    """The module in eval mode (no dropout) for the duration, then back in the mode it was in."""
+    was_training = module.training
+    module.eval()
+    try:
+        yield
+    finally:
+        module.train(was_training)
 
 
 def compile_problem(model: GPT) -> str | None:
@@ -349,12 +360,13 @@ class TextEngine:
         """
         context, half = self.context_size, max(1, self.context_size // 2)
         rows, done = [], 0  # done: how many tokens have their prediction row (rows predict ids[1:])
-        while done < len(ids) - 1:
-            end = min(len(ids) - 1, context if done == 0 else done + half)  # rows done..end-1 come from this window
-            start = max(0, end - context)
-            logits = self.scorer(torch.tensor([ids[start:end]], device=self.sampling_device))[0]
-            rows.append(torch.log_softmax(logits[done - start:].float(), dim=-1).cpu())
-            done = end
+        with evaluation_mode(self.scorer):
+            while done < len(ids) - 1:
+                end = min(len(ids) - 1, context if done == 0 else done + half)  # rows done..end-1: this window
+                start = max(0, end - context)
+                logits = self.scorer(torch.tensor([ids[start:end]], device=self.sampling_device))[0]
+                rows.append(torch.log_softmax(logits[done - start:].float(), dim=-1).cpu())
+                done = end
         return torch.cat(rows) if rows else torch.empty(0, self.tokenizer.vocab_size)
 
     def _generator(self, seed: int | None) -> torch.Generator | None:
