@@ -31,7 +31,7 @@ from dataclasses import dataclass, replace
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from starlette.exceptions import HTTPException
 
 from ..data.templates import jinja_chat_template
@@ -43,10 +43,12 @@ from .logprobs import chat_logprobs, completion_logprobs
 from .params import SamplingParams
 from .request_body import (DEFAULT_MAX_TOKENS, MAX_CHOICES, ChatRequest, CompletionRequest, DetokenizeRequest,
                            SamplingFields, TokenizeRequest)
+from .server_metrics import ServerMetrics
 from .worker import BATCH_WINDOW_S, GenerationWorker, QueueFull, Request as WorkerRequest, WorkerStopped
 
 log = logging.getLogger("lmforge.serve")
 GENERATION_PATHS = ("/v1/completions", "/v1/chat/completions")
+COUNTED_PATHS = (*GENERATION_PATHS, "/v1/models", "/tokenize", "/detokenize")  # lmforge_requests_total
 
 
 class ApiError(Exception):
@@ -383,7 +385,8 @@ def create_app(engine: TextEngine, model_name: str, template: ChatTemplate, limi
     """
     if max_tokens_limit is not None:
         limits = replace(limits, max_tokens=max_tokens_limit)
-    worker = GenerationWorker(engine, batch_window_s, limits.max_queued)
+    metrics = ServerMetrics()
+    worker = GenerationWorker(engine, batch_window_s, limits.max_queued, metrics)
     block_size = engine.context_size
     context = Context(block_size, limits.max_model_len or block_size, limits.max_tokens)
     in_flight = InFlight(limits.max_concurrent_requests)
@@ -406,6 +409,13 @@ def create_app(engine: TextEngine, model_name: str, template: ChatTemplate, limi
     if allowed_hosts is not None:
         app.add_middleware(HostCheck, allowed=allowed_hosts)
 
+    @app.middleware("http")  # added last, so outermost: it sees the guards' refusals (401, 413, 429) too
+    async def count_requests(request: Request, call_next):
+        response = await call_next(request)
+        if request.url.path in COUNTED_PATHS:
+            metrics.count_request(request.url.path, response.status_code)
+        return response
+
     def check(req: SamplingFields, prompts: int) -> None:
         """What can be checked before tokenizing."""
         if req.model != model_name:
@@ -425,6 +435,12 @@ def create_app(engine: TextEngine, model_name: str, template: ChatTemplate, limi
         state = {"status": "ok" if problem is None else "unhealthy", "queued": worker.queued(),
                  "running": worker.running, "requests": in_flight.count}
         return JSONResponse({**state, "problem": problem}, status_code=503) if problem else state
+
+    @app.get("/metrics")
+    async def prometheus_metrics() -> PlainTextResponse:
+        gauges = {"queue_length": worker.queued(), "running_rows": worker.running,
+                  "requests_in_flight": in_flight.count}
+        return PlainTextResponse(metrics.render(gauges), media_type="text/plain; version=0.0.4")
 
     @app.get("/v1/models")
     async def models() -> dict:

@@ -25,11 +25,12 @@ import threading
 import time
 from collections import deque
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from .engine import TextEngine, TextStream
 from .limits import ServerLimits
 from .logprobs import TokenLogprobs, token_logprobs
+from .server_metrics import ServerMetrics
 from .params import Completion, SamplingParams
 
 log = logging.getLogger("lmforge.serve")
@@ -55,8 +56,8 @@ class GenerationWorker:
     """Runs the model on one background thread; the event loop submits requests and awaits their pieces."""
 
     def __init__(self, engine: TextEngine, batch_window_s: float = BATCH_WINDOW_S,
-                 max_queued: int = ServerLimits.max_queued):
-        self.engine = engine
+                 max_queued: int = ServerLimits.max_queued, metrics: ServerMetrics | None = None):
+        self.engine, self.metrics = engine, metrics
         self.batch_window_s, self.max_queued = batch_window_s, max_queued
         self.batch_sizes: list[int] = []  # requests served by each recent batch, oldest first
         self.running = 0  # rows of the batch running now
@@ -163,10 +164,15 @@ class GenerationWorker:
         prompts, params = [r.prompt_ids for r in batch], [r.params for r in batch]
         for row, piece in self.engine.stream_batch(prompts, params, [r.stream for r in batch]):
             request = batch[row]
+            if request.first_token_at is None:
+                request.first_token_at = time.monotonic()
             request.deliver(piece)
             if request.stream.finish_reason is not None:  # answered now, not when the whole batch is
                 if request.logprobs_top is not None:
                     request.logprobs = self._logprobs_of(request)
+                if self.metrics is not None:
+                    self.metrics.observe_sample(len(request.prompt_ids), len(request.stream.token_ids),
+                                                request.queued_at, request.first_token_at)
                 request.finish()
 
     def _logprobs_of(self, request: Request) -> TokenLogprobs:
@@ -207,6 +213,8 @@ class Request:
     logprobs_top: int | None = None  # log-probabilities wanted, with this many likeliest tokens per position
     logprobs_echo: bool = False  # ... of the prompt's tokens too
     logprobs: TokenLogprobs | None = None  # computed on the worker thread when the text is complete
+    queued_at: float = field(default_factory=time.monotonic)  # for the latency metrics
+    first_token_at: float | None = None
 
     # -- on the event loop --
 
