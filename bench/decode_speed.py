@@ -34,8 +34,8 @@ from safetensors.torch import load_model, save_model
 
 # The helpers of the fp32/bf16 generation bench: the same model, the same HF copy, the same machine report.
 from generate_speed import (PROMPT_TOKENS, SEED, VOCAB_SIZE, hf_generate, hf_model_like, lmforge_cached,
-                            lmforge_model, machine, max_logits_difference, memory_bandwidth, peak_memory_mb,
-                            reset_peak_memory)
+                            lmforge_config, lmforge_model, machine, max_logits_difference, memory_bandwidth,
+                            peak_memory_mb, reset_peak_memory)
 
 from lmforge.model.quant import quantize_model
 
@@ -135,19 +135,13 @@ def lmforge_llamacpp_runner(gguf: str, threads: int):
     from lmforge.generate.params import SamplingParams
     from lmforge.tokenizer import GPT2Tokenizer
 
-    engine = LlamaCppEngine(gguf, GPT2Tokenizer(), context_size=lmforge_model_config().block_size, threads=threads)
+    engine = LlamaCppEngine(gguf, GPT2Tokenizer(), context_size=lmforge_config().block_size, threads=threads)
 
     def generate(prompt: torch.Tensor, n: int) -> list[int]:
         steps = engine.token_steps(prompt.tolist(), [SamplingParams(max_new_tokens=n, temperature=0.0)], [None])
         return [row[0] for row in steps]
 
     return generate, {}
-
-
-def lmforge_model_config():
-    from lmforge.model.config import preset_config
-
-    return preset_config("gpt2-124m", vocab_size=VOCAB_SIZE)
 
 
 def run_child(name: str, args: argparse.Namespace, files: dict[str, str]) -> dict:

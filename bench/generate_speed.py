@@ -61,9 +61,13 @@ TARGETS = [
 
 
 # ---- the two models ----------------------------------------------------------------------------------
+def lmforge_config():
+    return preset_config("gpt2-124m", vocab_size=VOCAB_SIZE)
+
+
 def lmforge_model() -> GPT:
     torch.manual_seed(SEED)
-    return GPT(preset_config("gpt2-124m", vocab_size=VOCAB_SIZE)).eval()
+    return GPT(lmforge_config()).eval()
 
 
 def hf_model_like(model: GPT):

@@ -102,7 +102,7 @@ def setup(tmp_path_factory):
 
 def lmforge_lm(checkpoint, batch_size=4) -> LMForgeLM:
     model = load_model_from_checkpoint(checkpoint)
-    return LMForgeLM(Engine(model, load_tokenizer(checkpoint)), model, batch_size=batch_size)
+    return LMForgeLM(Engine(model, load_tokenizer(checkpoint)), batch_size=batch_size)
 
 
 def samples_of(results, task) -> list:
@@ -229,7 +229,7 @@ def test_a_model_left_in_training_mode_is_scored_without_dropout(setup):
         if isinstance(module, torch.nn.Dropout):
             module.p = 0.5
     model.train()
-    lm = LMForgeLM(Engine(model, tokenizer), model)
+    lm = LMForgeLM(Engine(model, tokenizer))
     pairs = [(tokenizer.encode("ROMEO: What"), tokenizer.encode(" light"))]
     first, second = lm.score_pairs(pairs), lm.score_pairs(pairs)
     assert first == second and model.training  # deterministic, and the model's mode is given back

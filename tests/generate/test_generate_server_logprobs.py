@@ -6,8 +6,6 @@ The reference for every number is the model itself: log_softmax of its logits ov
 
 from __future__ import annotations
 
-import json
-
 import httpx
 import pytest
 import torch
@@ -154,7 +152,7 @@ def test_harness_local_completions_against_the_server_matches_lmforge_lm(served,
     assert api.tokenizer_backend == "remote"  # found /tokenizer_info and /tokenize: lmforge's tokenizer
     remote = simple_evaluate(model=api, tasks=["tiny_choice"], task_manager=TaskManager(include_path=str(tmp_path)),
                              log_samples=True, bootstrap_iters=0)
-    _, local = run_tasks(LMForgeLM(engine, engine.model), ["tiny_choice"], include_path=tmp_path)
+    _, local = run_tasks(LMForgeLM(engine), ["tiny_choice"], include_path=tmp_path)
     a = sorted(remote["samples"]["tiny_choice"], key=lambda s: int(s["doc_id"]))
     b = sorted(local["samples"]["tiny_choice"], key=lambda s: int(s["doc_id"]))
     assert len(a) == len(b) == 30
@@ -162,4 +160,3 @@ def test_harness_local_completions_against_the_server_matches_lmforge_lm(served,
         for (ll_x, greedy_x), (ll_y, greedy_y) in zip(x["filtered_resps"], y["filtered_resps"]):
             assert ll_x == pytest.approx(ll_y, abs=1e-4) and greedy_x == greedy_y
     assert remote["results"]["tiny_choice"]["acc,none"] == local["results"]["tiny_choice"]["acc,none"]
-    json.dumps(remote["results"])  # plain data

@@ -19,7 +19,7 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
-from .generate_cmds import add_backend_flags
+from .generate_cmds import add_backend_flags, check_backend_flags
 
 
 def cmd_eval(args: argparse.Namespace, overrides: list[str]) -> int:
@@ -35,16 +35,13 @@ def cmd_eval(args: argparse.Namespace, overrides: list[str]) -> int:
         raise ValueError(f"unrecognised arguments: {' '.join(overrides)}")
     if args.batch_size < 1 or (args.max_batches is not None and args.max_batches < 1):
         raise ValueError("--batch-size and --max-batches must be at least 1")
-    if args.backend == "llamacpp" and args.quantize != "none":
-        raise ValueError("--quantize is for the PyTorch engine; with --backend llamacpp, --quant picks the GGUF storage")
-    if args.backend == "torch" and args.quant is not None:
-        raise ValueError("--quant picks the GGUF file of --backend llamacpp; the PyTorch engine takes --quantize int8")
+    check_backend_flags(args.backend, args.quantize, args.quant)
     if (args.data is None) == (args.tasks is None):
         raise ValueError("give --data (perplexity on held-out text) or --tasks (lm-evaluation-harness tasks)")
     device = resolve_device(args.device) if args.backend == "torch" else "cpu"
-    model = _scored_model(args, device)
     if args.tasks is not None:
-        return _run_tasks(args, model, device)
+        return _run_tasks(args, device)
+    model = _scored_model(args, device)
     sources = [Path(source).expanduser() for source in args.data]
     # Preparing raw files prints progress lines; stdout is kept for the result (one JSON object with --json).
     with contextlib.redirect_stdout(sys.stderr):
@@ -71,7 +68,7 @@ def cmd_eval(args: argparse.Namespace, overrides: list[str]) -> int:
     return 0
 
 
-def _run_tasks(args: argparse.Namespace, scorer, device: str) -> int:
+def _run_tasks(args: argparse.Namespace, device: str) -> int:
     """lm-evaluation-harness tasks on the checkpoint: scores with standard errors, chance levels, warnings."""
     try:
         from ..eval.benchmarks import run_tasks
@@ -84,11 +81,12 @@ def _run_tasks(args: argparse.Namespace, scorer, device: str) -> int:
     if args.backend == "torch":
         from ..generate.engine import Engine
         from ..tokenizer import load_tokenizer
+        from ..train.checkpoint import load_model_from_checkpoint
 
-        engine = Engine(scorer, load_tokenizer(args.checkpoint))
+        engine = Engine(load_model_from_checkpoint(args.checkpoint, device), load_tokenizer(args.checkpoint))
     else:
         engine = _load_engine(args.checkpoint, backend="llamacpp", quant=args.quant)
-    lm = LMForgeLM(engine, scorer, batch_size=args.batch_size, device=device)
+    lm = LMForgeLM(engine, batch_size=args.batch_size)
     tasks = [name.strip() for name in args.tasks.split(",") if name.strip()]
     with contextlib.redirect_stdout(sys.stderr):  # the harness prints progress; stdout is for the result
         limit = int(args.limit) if args.limit is not None and args.limit >= 1 else args.limit

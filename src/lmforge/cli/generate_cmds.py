@@ -33,12 +33,20 @@ def _reject_unknown(overrides: list[str]) -> None:
         raise ValueError(f"unrecognised arguments: {' '.join(overrides)}")
 
 
+def check_backend_flags(backend: str, quantize: str = "none", quant: str | None = None, compile: bool = False) -> None:
+    """Refuse flags that belong to the other backend (before anything is loaded)."""
+    if backend == "llamacpp" and (compile or quantize != "none"):
+        raise ValueError("--compile and --quantize are for the PyTorch engine; with --backend llamacpp, "
+                         "--quant picks the GGUF storage (f32, f16, bf16, q8_0, q4_0)")
+    if backend == "torch" and quant is not None:
+        raise ValueError("--quant picks the GGUF file of --backend llamacpp; the PyTorch engine takes --quantize int8")
+
+
 def _load_engine(checkpoint: str, compile: bool = False, quantize: str = "none", backend: str = "torch",
                  quant: str | None = None):
+    check_backend_flags(backend, quantize, quant, compile)
     if backend == "llamacpp":
-        return _load_llamacpp_engine(checkpoint, compile, quantize, quant)
-    if quant is not None:
-        raise ValueError("--quant picks the GGUF file of --backend llamacpp; the PyTorch engine takes --quantize int8")
+        return _load_llamacpp_engine(checkpoint, quant)
     from ..generate.engine import Engine
     from ..tokenizer import load_tokenizer
     from ..train.checkpoint import load_model_from_checkpoint
@@ -51,12 +59,9 @@ def _load_engine(checkpoint: str, compile: bool = False, quantize: str = "none",
     return Engine(model, load_tokenizer(checkpoint), compile=compile)
 
 
-def _load_llamacpp_engine(checkpoint: str, compile: bool, quantize: str, quant: str | None):
+def _load_llamacpp_engine(checkpoint: str, quant: str | None):
     from ..export.llamacpp_backend import DEFAULT_QUANT, LlamaCppEngine
 
-    if compile or quantize != "none":
-        raise ValueError("--compile and --quantize are for the PyTorch engine; with --backend llamacpp, "
-                         "--quant picks the GGUF storage (f32, f16, bf16, q8_0, q4_0)")
     engine = LlamaCppEngine.from_checkpoint(checkpoint, quant or DEFAULT_QUANT)
     print(engine.describe(), file=sys.stderr)  # stderr: stdout is the generated text
     return engine

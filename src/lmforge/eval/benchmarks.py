@@ -130,7 +130,7 @@ def training_benchmark(tasks: list[str], limit: int):
     from ..generate.engine import Engine
 
     def benchmark(model, tokenizer) -> list[dict]:
-        lm = LMForgeLM(Engine(model, tokenizer), model, device=str(next(model.parameters()).device))
+        lm = LMForgeLM(Engine(model, tokenizer))
         report, _ = run_tasks(lm, tasks, limit=limit)
         return [{"task": s.task, "metric": s.metric, "value": s.value, "stderr": s.stderr, "chance": s.chance,
                  "examples": s.examples} for s in report.scores]

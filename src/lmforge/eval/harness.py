@@ -13,7 +13,7 @@ The harness asks a model three kinds of question, and `LMForgeLM` answers each w
 * generate_until(context, until=[...]): free text, through the engine (KV cache, stop strings).
 
 The engine is any generate.engine.TextEngine: the PyTorch Engine (its model scores the batches) or
-the llama.cpp backend (its GGUF file in llama.cpp scores them), so `lmforge eval --tasks` works on
+the llama.cpp backend (its GGUF file in llama.cpp scores them; TextEngine.scorer), so `lmforge eval --tasks` works on
 lmforge checkpoints, Hugging Face folders and, with --backend llamacpp, GGUF exports alike.
 """
 
@@ -34,15 +34,16 @@ DEFAULT_MAX_GEN_TOKS = 256
 
 
 class LMForgeLM(TemplateLM):
-    """An lm-eval model over an lmforge engine; `scorer` maps token ids (B, T) to logits (B, T, V)."""
+    """An lm-eval model over an lmforge engine: its scorer (token ids (B, T) -> logits (B, T, V)) scores the
+    batches, the engine generates."""
 
-    def __init__(self, engine: TextEngine, scorer: torch.nn.Module, batch_size: int = 8, device: str = "cpu"):
+    def __init__(self, engine: TextEngine, batch_size: int = 8):
         super().__init__()
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-        self.engine, self.scorer = engine, scorer
+        self.engine, self.scorer = engine, engine.scorer
         self.tokenizer_ = engine.tokenizer
-        self.batch_size_, self.device_ = batch_size, torch.device(device)
+        self.batch_size_ = batch_size
         self.truncated = 0  # requests whose context had to be cut to fit the model's window
         self.truncated_continuations = 0  # ... and whose continuation too: only its last tokens were scored
 
@@ -95,7 +96,7 @@ class LMForgeLM(TemplateLM):
         for row, tokens in enumerate(inputs):
             ids[row, :len(tokens)] = torch.tensor(tokens)
         with torch.no_grad(), evaluation_mode(self.scorer):  # no dropout, whatever mode the model was in
-            logprobs = F.log_softmax(self.scorer(ids.to(self.device_)).float(), dim=-1).cpu()  # (B, T, V)
+            logprobs = F.log_softmax(self.scorer(ids.to(self.engine.sampling_device)).float(), dim=-1).cpu()
         results = []
         for row, ((_, continuation), tokens, n) in enumerate(zip(pairs, inputs, lengths)):
             scored = logprobs[row, len(tokens) - n:len(tokens)]  # the n positions that predict the continuation

@@ -28,7 +28,7 @@ from ..generate.engine import TextEngine, kept_after_slide
 from ..generate.params import SamplingParams
 from ..generate.sampling import sample_next
 from ..tokenizer.base import Tokenizer
-from .llamacpp_eval import llamacpp_missing, load_llama
+from .llamacpp_eval import llamacpp_logits, llamacpp_missing, load_llama
 
 DEFAULT_QUANT = "q8_0"  # 8 bits a weight: about 4x less to read per token than fp32, logits within ~1% here
 
@@ -136,9 +136,4 @@ class LlamaCppScorer(torch.nn.Module):
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         if ids.size(1) > self.context_size:
             raise ValueError(f"windows of {ids.size(1)} tokens do not fit llama.cpp's context of {self.context_size}")
-        rows = []
-        for row in ids.tolist():
-            self.llm.reset()
-            self.llm.eval(row)
-            rows.append(torch.from_numpy(np.array(self.llm.scores[:len(row)], dtype=np.float32)))
-        return torch.stack(rows)
+        return torch.stack([torch.from_numpy(llamacpp_logits(self.llm, row)) for row in ids.tolist()])

@@ -96,9 +96,7 @@ def generate_tokens(model: GPT, prompts: list[list[int]], params: SamplingParams
     capacity = model.config.block_size if compile else min(model.config.block_size, needed)
     caches = make_caches(model.config, len(prompts), capacity, weights.dtype, weights.device)
     start = 0  # the window, what the model sees, is tokens[:, start:]
-    was_training = model.training
-    model.eval()
-    try:
+    with evaluation_mode(model):
         # Padding only ever sits at the start of the prompts: when there is none, nothing needs masking.
         padded = not bool(is_real.all())
         logits = _forward(model, tokens, is_real, caches, tokens.size(1), padded)  # prefill
@@ -117,8 +115,6 @@ def generate_tokens(model: GPT, prompts: list[list[int]], params: SamplingParams
                     cache.clear()
             logits = step_fn(model, tokens[:, start:], is_real[:, start:], caches, n_new,
                              padded and not bool(is_real[:, start:].all()))
-    finally:
-        model.train(was_training)
 
 
 def _forward(model: GPT, window: torch.Tensor, is_real: torch.Tensor, caches: list[KVCache],

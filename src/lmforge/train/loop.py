@@ -36,7 +36,7 @@ from ..distributed.env import DistEnv, barrier
 from ..distributed.state_dict import FullModel, full_optimizer_state, load_full_optimizer_state
 from ..distributed.world_change import data_position_for_world, rng_for_rank
 from ..distributed.wrap import grad_scaler, gradient_sync, wrap_model
-from ..generate.engine import generate_text
+from ..generate.engine import evaluation_mode, generate_text
 from ..model.linear import drop_packed_weights
 from ..utils.device import autocast
 from ..utils.malloc import keep_freed_memory
@@ -300,12 +300,10 @@ class Trainer:
         model = self.full_model.gather()  # under fsdp every rank must take part
         if not self.env.is_main:
             return
-        was_training = model.training
-        model.eval()
         try:
-            rows = self.benchmark(model, self.tokenizer)
+            with evaluation_mode(model):
+                rows = self.benchmark(model, self.tokenizer)
         finally:
-            model.train(was_training)
             drop_packed_weights(model)  # the weights change with the next step
         if self.metrics is not None:
             self.metrics.log_benchmarks(self.state.step, rows)
