@@ -74,7 +74,7 @@ def test_serve_answers_until_interrupted(checkpoint):
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     server = subprocess.Popen([*LMFORGE, "serve", checkpoint, "--port", str(port), "--model-name", "tiny",
-                               "--batch-window-ms", "5", "--max-body-bytes", "1000"],
+                               "--max-body-bytes", "1000"],
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                               env={**os.environ, "PYTHONUNBUFFERED": "1", "LMFORGE_API_KEY": "s3cret"})
     key = {"Authorization": "Bearer s3cret"}
@@ -98,6 +98,17 @@ def test_serve_answers_until_interrupted(checkpoint):
         output = server.communicate(timeout=30)[0]
     assert server.returncode == 0
     assert "serving model 'tiny' at http://127.0.0.1:" in output and "WARNING" not in output
+    assert "scheduler: continuous, KV cache for 16 sequences at once" in output
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--scheduler", "continuous", "--backend", "llamacpp"], "--scheduler continuous needs --backend torch"),
+    (["--batch-window-ms", "5"], "--batch-window-ms applies to --scheduler static only"),
+    (["--kv-cache-mb", "0"], "--kv-cache-mb must be > 0"),
+])
+def test_serve_refuses_scheduler_flags_that_do_not_go_together(checkpoint, flags, message):
+    proc = subprocess.run([*LMFORGE, "serve", checkpoint, *flags], capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0 and message in proc.stderr
 
 
 def test_serve_warns_before_binding_a_public_address(checkpoint):

@@ -158,6 +158,11 @@ def test_end_of_text_stops_and_is_not_returned():
     assert completion.finish_reason == "stop"
     assert 0 < len(completion.token_ids) < 50
     assert CHARS.eot_id not in completion.token_ids
+    # ignore_eos (vLLM's): the same draws go on past end-of-text, to the token budget.
+    params = SamplingParams(temperature=1.0, max_new_tokens=50, seed=0, ignore_eos=True)
+    onward = engine.generate(["the"], params)[0]
+    assert onward.finish_reason == "length" and len(onward.token_ids) == 50
+    assert onward.token_ids[:len(completion.token_ids) + 1] == [*completion.token_ids, CHARS.eot_id]
 
 
 def test_batched_generate_matches_one_prompt_at_a_time(family):

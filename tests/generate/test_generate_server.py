@@ -54,7 +54,8 @@ def engine():
 @pytest.fixture(scope="module")
 def app(engine):
     # A context of 64 tokens; prompt + max_tokens may reach 128 (the engine slides past the context).
-    return create_app(engine, MODEL, CHATML, ServerLimits(max_tokens=64, max_model_len=128))
+    # Static: RecordingEngine watches and gates batches in stream_batch, which only that scheduler calls.
+    return create_app(engine, MODEL, CHATML, ServerLimits(max_tokens=64, max_model_len=128), scheduler="static")
 
 
 @pytest.fixture(scope="module")
@@ -286,7 +287,7 @@ def test_chat_prompts_of_an_instruction_tuned_model_carry_end_of_text_after_earl
     recorder = PromptRecorder(model, engine.tokenizer)
     messages = [{"role": "user", "content": "Hi?"}, {"role": "assistant", "content": "Hello"},
                 {"role": "user", "content": "abc?"}]
-    with TestClient(create_app(recorder, MODEL, tuned)) as http:
+    with TestClient(create_app(recorder, MODEL, tuned, scheduler="static")) as http:
         answer = http.post("/v1/chat/completions", json={**GREEDY, "messages": messages})
     assert answer.status_code == 200
     assert seen == [chat_prompt_ids(messages, tuned, engine.tokenizer)]
@@ -316,7 +317,7 @@ def test_an_error_in_the_model_answers_500_and_the_worker_carries_on(engine):
                 raise RuntimeError("out of memory, say")
             yield from super().stream_batch(prompts, params, streams)
 
-    app = create_app(FailingOnce(engine.model, engine.tokenizer), MODEL, CHATML)
+    app = create_app(FailingOnce(engine.model, engine.tokenizer), MODEL, CHATML, scheduler="static")
     with TestClient(app, raise_server_exceptions=False) as http:
         request = {"model": MODEL, "prompt": "Hello", "max_tokens": 4, "temperature": 0}
         failed = http.post("/v1/completions", json=request)

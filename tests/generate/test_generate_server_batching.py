@@ -109,15 +109,16 @@ def served(url: str, request: dict) -> list[tuple[str, str]]:
     return [(c["text"], c["finish_reason"]) for c in response.json()["choices"]]
 
 
-def test_each_request_alone_matches_the_reference(engine, requests_and_expected):
+@pytest.mark.parametrize("scheduler", ["static", "continuous"])
+def test_each_request_alone_matches_the_reference(engine, requests_and_expected, scheduler):
     requests, expected = requests_and_expected
-    with running_in_background(create_app(engine, MODEL, CHATML, batch_window_s=0)) as url:
+    with running_in_background(create_app(engine, MODEL, CHATML, batch_window_s=0, scheduler=scheduler)) as url:
         assert [served(url, r) for r in requests] == expected
 
 
 def test_requests_batched_together_match_the_reference(engine, requests_and_expected):
     requests, expected = requests_and_expected
-    app = create_app(engine, MODEL, CHATML)
+    app = create_app(engine, MODEL, CHATML, scheduler="static")
     worker = app.state.worker
     with running_in_background(app) as url, ThreadPoolExecutor(len(requests) + 1) as pool:
         gate = engine.gate = threading.Event()
@@ -134,3 +135,32 @@ def test_requests_batched_together_match_the_reference(engine, requests_and_expe
         blocker.result()
     assert worker.batch_sizes == [1, rows]  # the blocker, then every row of every request in one batch
     assert together == expected
+
+
+def test_requests_joining_and_leaving_a_continuous_batch_match_the_reference(engine, requests_and_expected):
+    """Continuous scheduling with 3 KV slots and prefill chunks of 4 tokens: the requests arrive while
+    others run, wait for a slot, read their prompts in pieces beside rows that are decoding, take over
+    slots others left, and still each get the reference's text."""
+    requests, expected = requests_and_expected
+    slot_mb = 2 * 2 * 64 * 32 * 4 / 2**20  # 2 layers x (keys, values) x 64 positions x 32 numbers x 4 bytes
+    app = create_app(engine, MODEL, CHATML, scheduler="continuous", kv_cache_mb=3.5 * slot_mb, prefill_chunk=4)
+    batcher = app.state.worker.batcher
+    assert batcher.pool.n_slots == 3
+    rows_seen = []
+    step = batcher.step
+
+    def counting_step():
+        rows_seen.append((len(batcher.decoding), len(batcher.prefilling), len(batcher.waiting)))
+        return step()
+
+    batcher.step = counting_step
+    with running_in_background(app) as url, ThreadPoolExecutor(len(requests)) as pool:
+        futures = []
+        for request in requests:
+            futures.append(pool.submit(served, url, request))
+            time.sleep(0.02)  # arrivals spread over the first rounds
+        together = [f.result() for f in futures]
+    assert together == expected
+    assert max(decoding for decoding, _, _ in rows_seen) == 3  # every slot decoding at once at some point
+    assert any(decoding and prefilling for decoding, prefilling, _ in rows_seen)  # prompts read beside decoding
+    assert any(waiting for _, _, waiting in rows_seen)  # requests waited for a free slot

@@ -6,6 +6,7 @@ import json
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 
 import httpx
 import pytest
@@ -21,6 +22,10 @@ from lmforge.generate.server import create_app, running_in_background
 from lmforge.model.config import ModelConfig
 from lmforge.model.gpt import GPT
 from lmforge.tokenizer import CharTokenizer
+
+# GatedEngine holds and breaks batches in stream_batch, which only the static scheduler calls; the continuous
+# scheduler's own failures and limits are tested in test_generate_server_continuous.py.
+static_app = partial(create_app, scheduler="static")
 
 MODEL = "tiny"
 VALID = {"model": MODEL, "prompt": "Hello", "max_tokens": 6, "temperature": 0}
@@ -71,7 +76,7 @@ def engine():
 
 @pytest.fixture(scope="module")
 def http(engine):
-    with TestClient(create_app(engine, MODEL, CHATML)) as client:
+    with TestClient(static_app(engine, MODEL, CHATML)) as client:
         yield client
 
 
@@ -184,7 +189,7 @@ def test_truncation_keeps_the_prompts_last_tokens(http, engine):
 def test_a_valid_request_sent_with_hostile_ones_is_served():
     """Before the checks, a NaN repetition_penalty reached the model and every request of its batch got a 500."""
     engine = GatedEngine(*tiny_model())
-    with running_in_background(create_app(engine, MODEL, CHATML, batch_window_s=0.2)) as url:
+    with running_in_background(static_app(engine, MODEL, CHATML, batch_window_s=0.2)) as url:
         hostile = [{"repetition_penalty": NAN}, {"repetition_penalty": 1e-40}, {"temperature": 1e-45},
                    {"seed": 10**30}]
         alone = httpx.post(f"{url}/v1/completions", json=VALID).json()["choices"][0]["text"]
@@ -201,7 +206,7 @@ def test_a_row_that_breaks_its_batch_fails_alone_and_the_others_get_their_text(m
     """A row that passes the checks but breaks the model: its batch is run again row by row; only it fails,
     and a streamed row that had sent part of its text (midway) goes on without repeating it."""
     engine = GatedEngine(*tiny_model())
-    app = create_app(engine, MODEL, CHATML)
+    app = static_app(engine, MODEL, CHATML)
     requests = [dict(prompt="Hello", max_tokens=12, temperature=0), dict(prompt="abc", max_tokens=10, temperature=1.0,
                                                                            seed=4, top_k=5, stop=["zz"])]
     with running_in_background(app) as url:
@@ -249,7 +254,7 @@ def test_a_stream_that_fails_midway_ends_with_an_error_event_then_done():
     engine = GatedEngine(*tiny_model())
     engine.poison = engine.encode("Hello")
     engine.may_fail.clear()
-    with running_in_background(create_app(engine, MODEL, CHATML)) as url:
+    with running_in_background(static_app(engine, MODEL, CHATML)) as url:
         text, error = _streamed_text(url, {**VALID, "max_tokens": 20}, engine.may_fail)
     assert error == {"message": "internal error: RuntimeError", "type": "server_error", "param": None, "code": None}
     assert text  # what came before the failure
@@ -259,7 +264,7 @@ def test_a_stream_that_fails_midway_ends_with_an_error_event_then_done():
 
 def test_a_body_over_the_limit_is_413_by_its_length_or_while_read():
     engine = Engine(*tiny_model())
-    app = create_app(engine, MODEL, CHATML, ServerLimits(max_body_bytes=2000))
+    app = static_app(engine, MODEL, CHATML, ServerLimits(max_body_bytes=2000))
     big = json.dumps({**VALID, "prompt": "a" * 100_000}).encode()
     with running_in_background(app) as url:
         declared = httpx.post(f"{url}/v1/completions", content=big, headers={"content-type": "application/json"})
@@ -279,7 +284,7 @@ def test_chunked_bodies_are_refused_without_reading_them_whole(engine):
             sent.append(1)
             yield b"x" * 1000
 
-    with running_in_background(create_app(engine, MODEL, CHATML, ServerLimits(max_body_bytes=5000))) as url:
+    with running_in_background(static_app(engine, MODEL, CHATML, ServerLimits(max_body_bytes=5000))) as url:
         try:
             response = httpx.post(f"{url}/v1/completions", content=chunks(),
                                   headers={"content-type": "application/json"})
@@ -291,7 +296,7 @@ def test_chunked_bodies_are_refused_without_reading_them_whole(engine):
 
 def test_too_many_requests_at_once_get_429_with_retry_after():
     engine = GatedEngine(*tiny_model())
-    app = create_app(engine, MODEL, CHATML, ServerLimits(max_concurrent_requests=2))
+    app = static_app(engine, MODEL, CHATML, ServerLimits(max_concurrent_requests=2))
     gate = engine.gate = threading.Event()
     with running_in_background(app) as url, ThreadPoolExecutor(2) as pool:
         running = [pool.submit(httpx.post, f"{url}/v1/completions", json=VALID, timeout=60) for _ in range(2)]
@@ -309,7 +314,7 @@ def test_too_many_requests_at_once_get_429_with_retry_after():
 
 def test_a_request_that_would_overfill_the_queue_gets_429():
     engine = GatedEngine(*tiny_model())
-    app = create_app(engine, MODEL, CHATML, ServerLimits(max_queued=4))
+    app = static_app(engine, MODEL, CHATML, ServerLimits(max_queued=4))
     gate = engine.gate = threading.Event()
     with TestClient(app) as http, ThreadPoolExecutor(2) as pool:
         blocker = pool.submit(http.post, "/v1/completions", json=VALID)
@@ -349,7 +354,7 @@ def test_an_api_key_is_asked_for_everywhere_but_health(engine, monkeypatch):
     compared = []
     real_compare = guards.hmac.compare_digest
     monkeypatch.setattr(guards.hmac, "compare_digest", lambda a, b: compared.append(1) or real_compare(a, b))
-    with TestClient(create_app(engine, MODEL, CHATML, api_key="s3cret")) as http:
+    with TestClient(static_app(engine, MODEL, CHATML, api_key="s3cret")) as http:
         missing = http.post("/v1/completions", json=VALID)
         wrong = http.post("/v1/completions", json=VALID, headers={"Authorization": "Bearer s3cre"})
         other_scheme = http.get("/v1/models", headers={"Authorization": "Basic s3cret"})
@@ -368,7 +373,7 @@ def test_an_api_key_is_asked_for_everywhere_but_health(engine, monkeypatch):
     ("evil.example", 421), ("localhost.evil.example", 421), ("127.0.0.1.nip.io:8000", 421), ("", 421),
 ])
 def test_only_our_host_names_are_answered_when_bound_to_loopback(engine, host, status):
-    app = create_app(engine, MODEL, CHATML, allowed_hosts=allowed_hosts("127.0.0.1", ["box.lan"]))
+    app = static_app(engine, MODEL, CHATML, allowed_hosts=allowed_hosts("127.0.0.1", ["box.lan"]))
     with TestClient(app) as http:
         response = http.get("/v1/models", headers={"host": host})
     assert response.status_code == status
@@ -387,7 +392,7 @@ def test_which_hosts_are_allowed_depends_on_the_bound_address():
 # ---- health ----
 
 def test_health_is_503_when_the_worker_thread_is_dead(engine):
-    app = create_app(engine, MODEL, CHATML)
+    app = static_app(engine, MODEL, CHATML)
     with TestClient(app) as http:
         assert http.get("/health").status_code == 200
         worker = app.state.worker
@@ -402,7 +407,7 @@ def test_health_is_503_when_the_worker_thread_is_dead(engine):
 def test_health_is_503_after_batches_that_all_failed_and_ok_again_after_one_served():
     engine = GatedEngine(*tiny_model())
     engine.poison = engine.encode("xyz?")
-    with TestClient(create_app(engine, MODEL, CHATML), raise_server_exceptions=False) as http:
+    with TestClient(static_app(engine, MODEL, CHATML), raise_server_exceptions=False) as http:
         for _ in range(3):
             assert http.post("/v1/completions", json={**VALID, "prompt": "xyz?"}).status_code == 500
         health = http.get("/health")

@@ -20,7 +20,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from ..generate.chat import TEMPLATES, ChatTemplate, load_chat_template
-from ..generate.limits import ServerLimits
+from ..generate.limits import KV_CACHE_MB, PREFILL_CHUNK, ServerLimits
 from ..generate.params import SamplingParams
 from ..model.quant import QUANTIZE_CHOICES
 
@@ -191,15 +191,31 @@ def cmd_serve(args: argparse.Namespace, overrides: list[str]) -> int:
     window = {} if args.batch_window_ms is None else {"batch_window_s": args.batch_window_ms / 1000}
     if window and args.batch_window_ms < 0:
         raise ValueError(f"--batch-window-ms must be >= 0, got {args.batch_window_ms}")
+    scheduler = args.scheduler or ("static" if args.backend == "llamacpp" else "continuous")
+    if scheduler == "continuous" and args.backend == "llamacpp":
+        raise ValueError("--scheduler continuous needs --backend torch (llama.cpp's backend runs one sequence "
+                         "at a time); use --scheduler static")
+    if window and scheduler == "continuous":
+        raise ValueError("--batch-window-ms applies to --scheduler static only (continuous scheduling admits "
+                         "requests between decode steps, with no window)")
+    if args.kv_cache_mb <= 0 or args.prefill_chunk < 1:
+        raise ValueError("--kv-cache-mb must be > 0 and --prefill-chunk >= 1")
     limits = _server_limits(args)  # a bad limit is reported before the model is loaded
     api_key = args.api_key or os.environ.get(API_KEY_ENV) or None
     engine = _engine_of(args)
     app = create_app(engine, name, _chat_template(args), limits=limits,
-                     api_key=api_key, allowed_hosts=allowed_hosts(args.host, args.allow_host), **window)
+                     api_key=api_key, allowed_hosts=allowed_hosts(args.host, args.allow_host), scheduler=scheduler,
+                     kv_cache_mb=args.kv_cache_mb, prefill_chunk=args.prefill_chunk, **window)
+    worker = app.state.worker
+    print(f"scheduler: {scheduler}, KV cache for {worker.kv_slots} sequences at once", file=sys.stderr)
+    if args.compile and scheduler == "continuous":
+        print("WARNING: --compile speeds up the static scheduler's decode step only; the continuous scheduler's "
+              "steps run eagerly", file=sys.stderr)
     if not is_loopback(args.host) and not api_key:
         print(f"WARNING: binding {args.host} lets other machines use this server; it has no authentication "
               f"(--api-key or {API_KEY_ENV} sets a key).", file=sys.stderr)
-    print(f"serving model {name!r} at http://{args.host}:{args.port}/v1 (OpenAI API); Ctrl-C stops", flush=True)
+    print(f"serving model {name!r} at http://{args.host}:{args.port}/v1 (OpenAI API), chat page at "
+          f"http://{args.host}:{args.port}/; Ctrl-C stops", flush=True)
     uvicorn.run(app, host=args.host, port=args.port)
     return 0
 
@@ -292,8 +308,18 @@ def register(sub) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: this machine only)")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--model-name", help="the name clients ask for (default: RUN_DIR/CHECKPOINT)")
+    p.add_argument("--scheduler", choices=["continuous", "static"],
+                   help="continuous: requests join the running batch between decode steps (default with --backend "
+                        "torch). static: a batch runs until its last request is done (default with llamacpp)")
+    p.add_argument("--kv-cache-mb", type=float, default=KV_CACHE_MB,
+                   help="continuous: memory for the KV cache; it holds this many MB / (one context's keys and "
+                        "values) sequences at once, at most 16 (default %(default)s)")
+    p.add_argument("--prefill-chunk", type=int, default=PREFILL_CHUNK,
+                   help="continuous: prompt tokens read per decode step, so a long prompt does not stall the "
+                        "running requests (default %(default)s)")
     p.add_argument("--batch-window-ms", type=float,
-                   help="how long a new batch waits for more requests to join it (default 50; 0 = start at once)")
+                   help="static: how long a new batch waits for more requests to join it (default 50; 0 = start "
+                        "at once)")
     _add_server_limit_flags(p)
     _add_template_flag(p)
     _add_compile_flag(p)

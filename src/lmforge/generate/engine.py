@@ -205,6 +205,17 @@ class TextStream:
         self.token_ids.append(token_id)
         return self._release(self._decode_new(final=False), final=False)
 
+    def take(self, token_id: int, eot_id: int | None, max_new_tokens: int) -> str:
+        """Take the model's next token: end-of-text (eot_id; None: ignore it) ends the text ("stop"), as does
+        the token budget ("length"); return the text now safe to show."""
+        if token_id == eot_id:
+            self.stop_token = token_id  # ended by the model, not by a stop string or the budget
+            return self.finish("stop")
+        piece = self.push(token_id)
+        if self.finish_reason is None and len(self.token_ids) >= max_new_tokens:
+            piece += self.finish("length")  # this request's own token budget is spent
+        return piece
+
     def finish(self, reason: str) -> str:
         """End the sequence ("stop" at end-of-text, "length" out of tokens); return the text still held."""
         piece = self._release(self._decode_new(final=True), final=True)
@@ -261,6 +272,7 @@ class TextEngine:
     tokenizer: Tokenizer
     max_batch_size: int
     context_size: int
+    batches_continuously = False  # whether continuous_batcher works (the server's continuous scheduler)
     sampling_device: torch.device = torch.device("cpu")
 
     def token_steps(self, prompts: list[list[int]], params: list[SamplingParams],
@@ -309,7 +321,7 @@ class TextEngine:
         if len(prompts) > self.max_batch_size:
             raise ValueError(f"{len(prompts)} prompts in one batch; this engine takes at most {self.max_batch_size}")
         ids = [self.prompt_ids(prompt) for prompt in prompts]
-        generators = [self._generator(p.seed) for p in params]
+        generators = [self.generator_for(p.seed) for p in params]
         for row, (stream, p) in enumerate(zip(streams, params)):
             if p.max_new_tokens == 0 and stream.finish_reason is None:
                 yield row, stream.finish("length")
@@ -320,13 +332,7 @@ class TextEngine:
                 for row, (stream, token, p) in enumerate(zip(streams, tokens, params)):
                     if stream.finish_reason is not None:
                         continue
-                    if token == self.tokenizer.eot_id:
-                        stream.stop_token = token  # ended by the model, not by a stop string or the budget
-                        piece = stream.finish("stop")
-                    else:
-                        piece = stream.push(token)
-                    if stream.finish_reason is None and len(stream.token_ids) >= p.max_new_tokens:
-                        piece += stream.finish("length")  # this request's own token budget is spent
+                    piece = stream.take(token, None if p.ignore_eos else self.tokenizer.eot_id, p.max_new_tokens)
                     if piece or stream.finish_reason is not None:
                         yield row, piece
                 if all(stream.finish_reason for stream in streams):
@@ -365,7 +371,12 @@ class TextEngine:
                 done = end
         return torch.cat(rows) if rows else torch.empty(0, self.tokenizer.vocab_size)
 
-    def _generator(self, seed: int | None) -> torch.Generator | None:
+    def continuous_batcher(self, kv_cache_mb: float, prefill_chunk: int):
+        """A generate.continuous.ContinuousBatcher over this engine's model (the server's continuous scheduler)."""
+        raise ValueError(f"continuous batching needs lmforge's PyTorch engine, not {type(self).__name__}: "
+                         "use --scheduler static")
+
+    def generator_for(self, seed: int | None) -> torch.Generator | None:
         """A generator per request: the same seed gives the same text, whatever else is in the batch."""
         if seed is None:
             return None
@@ -399,6 +410,14 @@ class Engine(TextEngine):
     def token_steps(self, prompts: list[list[int]], params: list[SamplingParams],
                     generators: list[torch.Generator | None]) -> Iterator[list[int]]:
         return generate_tokens(self.model, prompts, params, generators, self.compile)
+
+    batches_continuously = True
+
+    def continuous_batcher(self, kv_cache_mb: float, prefill_chunk: int):
+        from .continuous import ContinuousBatcher, slots_for_budget  # it builds on this module
+
+        slots = slots_for_budget(self.model, kv_cache_mb, self.max_batch_size)
+        return ContinuousBatcher(self.model, slots, prefill_chunk)
 
 
 def generate_text(model: GPT, tokenizer: Tokenizer, prompt: str, max_new_tokens: int = 200,

@@ -7,6 +7,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
+# The continuous scheduler's settings (generate/continuous.py; `lmforge serve --kv-cache-mb --prefill-chunk`).
+# KV cache memory: a slot holds one sequence's keys and values for a whole context (GPT-2 124M in fp32:
+# 72 MiB), so 1 GiB serves 14 such sequences at once (at most the engine's max_batch_size, 16).
+KV_CACHE_MB = 1024
+# Prompt tokens read per round, across all sequences reading their prompts. The decoding rows wait for
+# them, so a round's time grows with it; a long prompt takes len / PREFILL_CHUNK rounds (docs/serving.md).
+PREFILL_CHUNK = 128
+
 
 @dataclass(frozen=True)
 class ServerLimits:

@@ -22,6 +22,7 @@ class SamplingParams:
     repetition_penalty: float = 1.0   # > 1 makes tokens already in the context less likely
     seed: int | None = None           # same seed + same request -> same text
     stop: list[str] = field(default_factory=list)  # stop strings (not included in the output)
+    ignore_eos: bool = False          # go on past end-of-text (as text), always max_new_tokens tokens
 
     @property
     def greedy(self) -> bool:

@@ -72,6 +72,8 @@ class SamplingFields(BaseModel):
     repetition_penalty: float = Field(1.0, ge=REPETITION_PENALTY_RANGE[0], le=REPETITION_PENALTY_RANGE[1])
     # vLLM's: keep only the prompt's last k tokens, instead of a 400 when it does not fit the context.
     truncate_prompt_tokens: int | None = Field(None, ge=1)
+    # vLLM's: generate past end-of-text, always max_tokens tokens (benchmarks use it for fixed answer lengths).
+    ignore_eos: bool = False
 
     def stop_strings(self) -> list[str]:
         return [self.stop] if isinstance(self.stop, str) else list(self.stop or [])

@@ -1,6 +1,7 @@
 """An HTTP server that speaks the OpenAI API, so existing clients (the `openai` package, curl,
 chat front-ends) can use an lmforge model.
 
+    GET  /                      a chat page for the browser (generate/web_chat.py)
     GET  /health                whether the generation worker can serve, with its queue (503 when not)
     GET  /v1/models             the one model served
     POST /v1/completions        continue a prompt (or a list of prompts)
@@ -36,14 +37,16 @@ from starlette.exceptions import HTTPException
 
 from ..data.templates import jinja_chat_template
 from .chat import ChatTemplate, chat_prompt_ids
+from .continuous_worker import ContinuousWorker
 from .engine import TextEngine
 from .guards import ApiKeyCheck, BodySizeLimit, ConcurrencyLimit, HostCheck, InFlight, error_response
-from .limits import ServerLimits
+from .limits import KV_CACHE_MB, PREFILL_CHUNK, ServerLimits
 from .logprobs import chat_logprobs, completion_logprobs
 from .params import SamplingParams
 from .request_body import (DEFAULT_MAX_TOKENS, MAX_CHOICES, ChatRequest, CompletionRequest, DetokenizeRequest,
                            SamplingFields, TokenizeRequest)
 from .server_metrics import ServerMetrics
+from .web_chat import PAGE_PATHS, add_chat_page
 from .worker import BATCH_WINDOW_S, GenerationWorker, QueueFull, Request as WorkerRequest, WorkerStopped
 
 log = logging.getLogger("lmforge.serve")
@@ -167,7 +170,7 @@ def sampling_params(req: SamplingFields, max_tokens: int, extra_stop: tuple[str,
     """The engine's SamplingParams for a request whose fields are checked already."""
     params = SamplingParams(max_new_tokens=max_tokens, temperature=req.temperature, top_p=req.top_p,
                             top_k=req.top_k, min_p=req.min_p, repetition_penalty=req.repetition_penalty,
-                            seed=req.seed, stop=[*req.stop_strings(), *extra_stop])
+                            seed=req.seed, stop=[*req.stop_strings(), *extra_stop], ignore_eos=req.ignore_eos)
     try:
         params.validate()  # the engine's own checks: the request's bounds are narrower, so this never fails
     except ValueError as exc:
@@ -377,16 +380,22 @@ def add_error_handlers(app: FastAPI) -> None:
 
 def create_app(engine: TextEngine, model_name: str, template: ChatTemplate, limits: ServerLimits = ServerLimits(),
                batch_window_s: float = BATCH_WINDOW_S, api_key: str | None = None,
-               allowed_hosts: list[str] | None = None, max_tokens_limit: int | None = None) -> FastAPI:
+               allowed_hosts: list[str] | None = None, max_tokens_limit: int | None = None,
+               scheduler: str | None = None, kv_cache_mb: float = KV_CACHE_MB,
+               prefill_chunk: int = PREFILL_CHUNK) -> FastAPI:
     """An OpenAI-compatible app serving `engine` under the name `model_name`.
 
-    api_key: ask every request but /health for it (Authorization: Bearer). allowed_hosts: answer only
-    requests whose Host header names one of these (None: any). max_tokens_limit: limits.max_tokens.
+    api_key: ask every request but /health and the chat page's files for it (Authorization: Bearer).
+    allowed_hosts: answer only requests whose Host header names one of these (None: any).
+    max_tokens_limit: limits.max_tokens.
+    scheduler: "continuous" (requests join the running batch between steps; the default where the
+    engine can) or "static" (a batch runs to its end; batch_window_s applies). kv_cache_mb and
+    prefill_chunk size the continuous scheduler (generate/continuous.py).
     """
     if max_tokens_limit is not None:
         limits = replace(limits, max_tokens=max_tokens_limit)
     metrics = ServerMetrics()
-    worker = GenerationWorker(engine, batch_window_s, limits.max_queued, metrics)
+    worker = make_worker(engine, scheduler, limits, metrics, batch_window_s, kv_cache_mb, prefill_chunk)
     block_size = engine.context_size
     context = Context(block_size, limits.max_model_len or block_size, limits.max_tokens)
     in_flight = InFlight(limits.max_concurrent_requests)
@@ -400,12 +409,14 @@ def create_app(engine: TextEngine, model_name: str, template: ChatTemplate, limi
     app = FastAPI(title="lmforge", lifespan=lifespan)
     app.state.worker, app.state.limits, app.state.in_flight = worker, limits, in_flight
     add_error_handlers(app)
+    add_chat_page(app)
     # Added innermost first: a request meets the Host check, then the key, then the slot count, then the body limit.
     app.add_middleware(BodySizeLimit, max_bytes=limits.max_body_bytes)
     app.add_middleware(ConcurrencyLimit, in_flight=in_flight, paths=GENERATION_PATHS,
                        retry_after_s=worker.retry_after_s)
     if api_key:
-        app.add_middleware(ApiKeyCheck, api_key=api_key)
+        # The chat page's files load without the key (the page is where it is typed); /v1/* needs it.
+        app.add_middleware(ApiKeyCheck, api_key=api_key, open_paths=("/health", *PAGE_PATHS))
     if allowed_hosts is not None:
         app.add_middleware(HostCheck, allowed=allowed_hosts)
 
@@ -439,13 +450,14 @@ def create_app(engine: TextEngine, model_name: str, template: ChatTemplate, limi
     @app.get("/metrics")
     async def prometheus_metrics() -> PlainTextResponse:
         gauges = {"queue_length": worker.queued(), "running_rows": worker.running,
-                  "requests_in_flight": in_flight.count}
+                  "requests_in_flight": in_flight.count, "kv_slots_in_use": worker.kv_slots_in_use(),
+                  "kv_slots": worker.kv_slots}
         return PlainTextResponse(metrics.render(gauges), media_type="text/plain; version=0.0.4")
 
     @app.get("/v1/models")
     async def models() -> dict:
         return {"object": "list", "data": [{"id": model_name, "object": "model", "created": started,
-                                            "owned_by": "lmforge"}]}
+                                            "owned_by": "lmforge", "max_model_len": context.max_model_len}]}
 
     @app.post("/v1/completions")
     async def completions(req: CompletionRequest):
@@ -489,6 +501,17 @@ def create_app(engine: TextEngine, model_name: str, template: ChatTemplate, limi
         return {"prompt": engine.tokenizer.decode(req.tokens)}
 
     return app
+
+
+def make_worker(engine: TextEngine, scheduler: str | None, limits: ServerLimits, metrics: ServerMetrics,
+                batch_window_s: float, kv_cache_mb: float, prefill_chunk: int) -> GenerationWorker:
+    """The generation thread for `scheduler` (None: continuous where the engine can, else static)."""
+    scheduler = scheduler or ("continuous" if engine.batches_continuously else "static")
+    if scheduler == "continuous":
+        return ContinuousWorker(engine, limits.max_queued, metrics, kv_cache_mb, prefill_chunk)
+    if scheduler == "static":
+        return GenerationWorker(engine, batch_window_s, limits.max_queued, metrics)
+    raise ValueError(f"scheduler must be 'continuous' or 'static', got {scheduler!r}")
 
 
 @contextmanager

@@ -81,6 +81,15 @@ class GenerationWorker:
             return f"the last {UNHEALTHY_AFTER} batches failed"
         return None
 
+    @property
+    def kv_slots(self) -> int:
+        """Sequences that can hold a KV cache at once."""
+        return self.engine.max_batch_size
+
+    def kv_slots_in_use(self) -> int:
+        """Sequences holding a KV cache now: a static batch has one per row."""
+        return self.running
+
     def retry_after_s(self) -> int:
         """Seconds a refused client should wait: about one batch."""
         return max(1, math.ceil(self.last_batch_s))
