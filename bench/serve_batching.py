@@ -1,6 +1,6 @@
 """What batching in `lmforge serve` buys: 8 clients at once vs the same 8 requests one after another.
 
-    python bench/serve_batching.py [--clients 8] [--max-tokens 64] [--threads 2] [--out FILE.json]
+    python bench/serve_batching.py [--clients 8] [--max-tokens 64] [--threads 2] [--scheduler static] [--out FILE.json]
 
 A random-weight GPT-2 124M (fp32) is served by the real app (`generate.server.create_app` under
 uvicorn, on a free local port). The same requests (greedy, 16-token prompts that differ per client,
@@ -55,13 +55,15 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--scheduler", choices=["static", "continuous"], default="static",
+                        help="the server's scheduler (batch_sizes are counted by the static one only)")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "serve_batching.json"))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     tokenizer = GPT2Tokenizer()
     model = GPT(preset_config("gpt2-124m", vocab_size=tokenizer.vocab_size)).eval()
-    app = create_app(Engine(model, tokenizer), MODEL, CHATML)
+    app = create_app(Engine(model, tokenizer), MODEL, CHATML, scheduler=args.scheduler)
     texts = prompts(tokenizer, args.clients)
     with running_in_background(app) as base_url:
         complete(base_url, texts[0], 8)  # warm-up: first calls pick kernels

@@ -13,7 +13,8 @@ rate in turn; each has a prompt of 16, 64, 128 or 256 random tokens (sent as tok
 tokenizer differs) and asks for 16, 64 or 128 new tokens (greedy, ignore_eos: exactly that many). The
 client streams every answer and notes the time to the first piece of text and to the end. Reported per
 server and rate: throughput (tokens generated / wall time from the first request to the last answer),
-time to first token and end-to-end latency at p50/p95/p99, mean time per output token.
+time to first token and end-to-end latency at p50/p95/p99, mean time per output token. Each rate has
+its own random prompts (the same for every server), so no server meets a prompt it has cached before.
 """
 
 from __future__ import annotations
@@ -172,8 +173,9 @@ def measure_server(name: str, checkpoint: Path, gguf: Path | None, args: argpars
         wait_ready(url, process, log)
         asyncio.run(run_load(url, workload(4, 100.0, seed=99)))  # warm-up: kernels, layouts, first allocations
         rows = []
-        for rate in args.rates:
-            result = asyncio.run(run_load(url, workload(args.requests, rate, seed=args.seed)))
+        for i, rate in enumerate(args.rates):
+            # Other prompts at every rate: a server that caches prompts (llama.cpp does) must not meet them again.
+            result = asyncio.run(run_load(url, workload(args.requests, rate, seed=args.seed + i)))
             rows.append({"server": name, "rate_per_s": rate, **result})
             print(json.dumps(rows[-1]), flush=True)
         return rows
