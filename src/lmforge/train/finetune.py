@@ -25,6 +25,7 @@ from ..data.config import DataConfig
 from ..data.loader import TokenBatches
 from ..data.sft import (SFTBatches, drop_truncated_answers, load_sft_examples, preflight, split_examples,
                         tokenize_conversation)
+from ..data.preference import PreferenceBatches, load_preference_pairs, tokenize_pairs, with_reference_logps
 from ..data.templates import TEMPLATES, render
 from ..distributed.config import DistConfig
 from ..distributed.env import DistEnv, distributed_session, main_process_first, quiet_unless_main
@@ -39,6 +40,7 @@ from .loop import Benchmark, Trainer, TrainResult
 from .model_files import ClassifierFiles, LoRAFiles, with_chat_template
 from .objectives import classification_loss, lm_loss_sum
 from .precision import run_precision
+from .preference import DPOLoss, ORPOLoss, answer_logps
 from .run_folder import claim_run_folder
 from .pretrain import describe_parallelism, prepare_data
 
@@ -91,6 +93,8 @@ def _finetune(model_cfg: ModelConfig, data_cfg: DataConfig, train_cfg: TrainConf
         setup = TASKS[ft.task](model, tokenizer, base_dir, data_cfg, train_cfg, ft, ingest_cfg)
     if ft.method != "full":
         setup = _with_lora(setup, base_dir, ft)
+    if ft.task == "dpo":
+        add_reference_logps(setup, train_cfg.batch_size, device)
     if setup.sample_prompt is not None and not train_cfg.sample_prompt:
         train_cfg = replace(train_cfg, sample_prompt=setup.sample_prompt)  # e.g. a question in the chat template
     if ft.task == "classify":
@@ -205,7 +209,51 @@ def _classify(model, tokenizer, base_dir, data_cfg, train_cfg, ft, ingest_cfg) -
                      describe=f"{len(train_idx):,} train / {len(val_idx):,} val texts, classes {counts}")
 
 
-TASKS = {"causal": _causal, "instruct": _instruct, "classify": _classify}
+def _preference(model, tokenizer, base_dir, data_cfg, train_cfg, ft, ingest_cfg) -> TaskSetup:
+    """Pairs of answers to one prompt; DPO against the starting model as reference, or ORPO (no reference)."""
+    settings = ft.preference
+    path = _single_data_file(data_cfg, "preference pairs (JSON or JSONL: prompt, chosen, rejected)")
+    if settings.template not in TEMPLATES:
+        raise ValueError(f"finetune.preference.template: unknown {settings.template!r}; "
+                         f"choose {', '.join(TEMPLATES)}")
+    template = TEMPLATES[settings.template]
+    max_length = model.config.block_size + 1
+    pairs, report = tokenize_pairs(load_preference_pairs(path, settings.format), tokenizer, template, max_length,
+                                   settings.max_truncated)
+    print(f"pre-flight: {report.summary()}")
+    loss_fn = DPOLoss(settings.beta, settings.loss) if ft.task == "dpo" else ORPOLoss(settings.beta,
+                                                                                       settings.orpo_nll_on_prompt)
+    train_pairs, val_pairs = split_examples(pairs, settings.val_fraction, train_cfg.seed)
+    pad = tokenizer.eot_id
+    train = PreferenceBatches(train_pairs, train_cfg.batch_size, train_cfg.seed, pad)
+    val = PreferenceBatches(val_pairs, train_cfg.batch_size, train_cfg.seed, pad) if val_pairs else None
+    files = with_chat_template(ckpt.FullWeights(), template)
+    probe = render([{"role": "user", "content": "Give three tips for staying healthy."}], template)
+    what = f"{ft.task} (beta {settings.beta}" + (f", loss {settings.loss})" if ft.task == "dpo" else ")")
+    return TaskSetup(model, train, val, loss_fn=loss_fn, files=files, sample_prompt=probe,
+                     describe=f"{what}: {len(train_pairs):,} train / {len(val_pairs):,} val pairs, "
+                              f"template {template.name}")
+
+
+@torch.no_grad()
+def add_reference_logps(setup: TaskSetup, batch_size: int, device: torch.device) -> None:
+    """DPO's reference is the model as training starts (after any surgery: fresh LoRA adapters add nothing, and a
+    QLoRA base is the 4-bit one the policy uses). It is frozen, so each answer's log-probability under it is
+    computed once, here, and travels with the batches: no second copy of the weights. A resumed run gets the same
+    numbers (the trainer loads the checkpoint's weights only later)."""
+    model = setup.model.to(device)
+    was_training = model.training
+    model.eval()
+    try:
+        for batches in (setup.train_batches, setup.val_batches):
+            if batches is not None:
+                batches.pairs = with_reference_logps(
+                    batches.pairs, lambda x, y: answer_logps(model, x.to(device), y.to(device))[0].cpu(), batch_size)
+    finally:
+        model.train(was_training)
+
+
+TASKS = {"causal": _causal, "instruct": _instruct, "classify": _classify, "dpo": _preference, "orpo": _preference}
 
 
 def _single_data_file(data_cfg: DataConfig, what: str) -> Path:

@@ -4,7 +4,8 @@ Two independent choices:
 
 * task   -- causal: continue next-token training on plain text (domain adaptation);
             instruct: supervised fine-tuning (SFT) on prompt/response examples, the prompt masked out;
-            classify: replace the LM head with a class head and train on labelled text.
+            classify: replace the LM head with a class head and train on labelled text;
+            dpo, orpo: preference tuning on pairs of a chosen and a rejected answer (train/preference.py).
 * method -- full: every weight trains; lora: the base is frozen and small low-rank adapters train;
             qlora: as lora, with the frozen base stored in 4-bit NF4 to save memory.
 
@@ -75,11 +76,38 @@ class ClassifySettings:
 
 
 @dataclass
+class PreferenceSettings:
+    """Preference tuning (dpo, orpo) on prompt / chosen / rejected records (data/preference.py)."""
+
+    format: Literal["auto", "prompt_chosen_rejected", "alpaca", "implicit"] = field(default="auto", metadata={
+        "help": "record format; auto detects it from the keys of the first record"})
+    template: str = field(default="chatml", metadata={
+        "help": "prompt template (chatml | alpaca | plain): the one the model was instruction-tuned with"})
+    beta: float = field(default=0.1, metadata={
+        "help": "dpo: how far the policy may move from the reference (smaller = further); orpo: the weight "
+                "(lambda) of the odds-ratio term"})
+    loss: Literal["sigmoid", "ipo"] = field(default="sigmoid", metadata={
+        "help": "dpo: sigmoid (the DPO paper's) or ipo (a squared loss that stops at a margin of 1 / (2 beta))"})
+    orpo_nll_on_prompt: bool = field(default=False, metadata={
+        "help": "orpo: the SFT part scores the prompt's tokens too (trl's ORPOTrainer does); default: the answer only"})
+    max_truncated: float = field(default=0.05, metadata={
+        "help": "fail the pre-flight check when more than this share of pairs has an answer cut at block_size"})
+    val_fraction: float = field(default=0.1, metadata={"help": "share of pairs held out for validation"})
+
+    def validate(self) -> None:
+        if self.beta <= 0:
+            raise ValueError(f"beta: must be positive, got {self.beta}")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ValueError(f"val_fraction: must be in [0, 1), got {self.val_fraction}")
+
+
+@dataclass
 class FinetuneConfig:
     """Fine-tuning: the task, the method, and their settings (used by `lmforge finetune`)."""
 
-    task: Literal["causal", "instruct", "classify"] = field(default="causal", metadata={
-        "help": "causal = more plain text; instruct = SFT on examples; classify = labelled text"})
+    task: Literal["causal", "instruct", "classify", "dpo", "orpo"] = field(default="causal", metadata={
+        "help": "causal = more plain text; instruct = SFT on examples; classify = labelled text; "
+                "dpo, orpo = preference tuning on prompt / chosen / rejected pairs"})
     method: Literal["full", "lora", "qlora"] = field(default="full", metadata={
         "help": "full = all weights; lora = adapters only; qlora = adapters on a 4-bit base"})
     quant_backend: Literal["auto", "torch", "bnb"] = field(default="auto", metadata={
@@ -87,8 +115,10 @@ class FinetuneConfig:
     lora: LoRASettings = field(default_factory=LoRASettings, metadata={"help": "adapters (lora and qlora)"})
     instruct: InstructSettings = field(default_factory=InstructSettings, metadata={"help": "task: instruct"})
     classify: ClassifySettings = field(default_factory=ClassifySettings, metadata={"help": "task: classify"})
+    preference: PreferenceSettings = field(default_factory=PreferenceSettings, metadata={"help": "tasks: dpo, orpo"})
 
     def validate(self) -> None:
+        self.preference.validate()
         if self.task == "classify" and self.method != "full":
             raise ValueError("method: classification trains a new head (and optionally the last blocks); "
                              "use method: full with classify.trainable to choose what trains")

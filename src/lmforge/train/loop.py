@@ -527,8 +527,13 @@ class Trainer:
         return write_diagnosis(self.run_dir, metrics, dropout=dropout).verdict
 
     def _log(self, val_loss: float | None, tokens_per_sec: float | None) -> None:
+        # An objective may keep statistics of its own (DPO: rewards and their accuracy); every rank takes
+        # them, so they do not pile up, and rank 0 logs its own.
+        take_metrics = getattr(self.loss_fn, "take_metrics", None)
+        objective = take_metrics() if take_metrics is not None else {}
         if self.metrics is None:  # not rank 0
             return
+        self.metrics.log_objective(self.state.step, objective)
         self.metrics.log(step=self.state.step, epoch=self.train_batches.epoch_progress,
                          train_loss=self.last_train_loss, learning_rate=self.lr,
                          tokens_seen=self.state.tokens_seen, tokens_per_sec=tokens_per_sec,

@@ -33,6 +33,7 @@ METRIC_KEYS = (
 )
 NONFINITE_KEY = "nonfinite_steps"
 BENCHMARKS_KEY = "benchmarks"  # rows {step, task, metric, value, stderr, chance} of train.eval_tasks
+OBJECTIVE_KEY = "objective"  # rows {step, split, name: value, ...} an objective reports (DPO's rewards, ...)
 
 # TensorBoard tag for each metric worth charting (steps is the x axis, not a chart).
 _TENSORBOARD_TAGS = {
@@ -57,6 +58,7 @@ class MetricsLog:
         self._columns: dict[str, list] = {key: [] for key in METRIC_KEYS}
         self._nonfinite_steps: list[int] = []
         self._benchmarks: list[dict[str, Any]] = []
+        self._objective: list[dict[str, Any]] = []
         self._tensorboard = _open_tensorboard(self.run_dir) if tensorboard else None
 
     def log(
@@ -100,11 +102,24 @@ class MetricsLog:
                 self._tensorboard.add_scalar(f"benchmarks/{row['task']}/{row['metric']}", row["value"], step)
         self._save()
 
+    def log_objective(self, step: int, splits: dict[str, dict[str, float]]) -> None:
+        """Add the objective's own statistics at `step`, per split ("train": means since the last row,
+        "val": over the evaluation just run), and rewrite the file."""
+        for split, values in splits.items():
+            self._objective.append({"step": int(step), "split": split,
+                                    **{name: _json_number(float(v)) for name, v in values.items()}})
+            if self._tensorboard is not None:
+                for name, value in values.items():
+                    self._tensorboard.add_scalar(f"{split}/{name}", value, step)
+        if splits:
+            self._save()
+
     def to_dict(self) -> dict[str, Any]:
         """The log as saved in the file: one list per metric, plus the non-finite steps and benchmark rows."""
         metrics: dict[str, Any] = {key: list(values) for key, values in self._columns.items()}
         metrics[NONFINITE_KEY] = list(self._nonfinite_steps)
         metrics[BENCHMARKS_KEY] = [dict(row) for row in self._benchmarks]
+        metrics[OBJECTIVE_KEY] = [dict(row) for row in self._objective]
         return metrics
 
     @classmethod
@@ -123,6 +138,7 @@ class MetricsLog:
             log._columns = {key: [saved[key][i] for i in keep] for key in METRIC_KEYS}
             log._nonfinite_steps = [s for s in saved[NONFINITE_KEY] if s <= up_to_step]
             log._benchmarks = [row for row in saved[BENCHMARKS_KEY] if row.get("step", 0) <= up_to_step]
+            log._objective = [row for row in saved[OBJECTIVE_KEY] if row.get("step", 0) <= up_to_step]
             log._save()
         if tensorboard:
             # purge_step hides the events the interrupted run wrote after the checkpoint.
@@ -191,8 +207,9 @@ def load_metrics(run_dir_or_file: str | Path) -> dict[str, Any]:
                          "from a backup.") from error
     _check_columns(metrics, path)
     metrics.setdefault(NONFINITE_KEY, [])
-    if not isinstance(metrics.setdefault(BENCHMARKS_KEY, []), list):
-        raise ValueError(f"{path} is damaged: {BENCHMARKS_KEY} must be a list of rows.")
+    for key in (BENCHMARKS_KEY, OBJECTIVE_KEY):
+        if not isinstance(metrics.setdefault(key, []), list):
+            raise ValueError(f"{path} is damaged: {key} must be a list of rows.")
     return metrics
 
 

@@ -85,13 +85,16 @@ def training_curve_figure(metrics: dict[str, Any]) -> Figure:
     if not metrics.get("steps"):
         return _no_data_figure("Training curve")
     accuracies = _benchmark_accuracies(metrics)
-    figure = _new_figure(figsize=(9, 9 if accuracies else 7))
-    ratios = [3, 1, 2] if accuracies else [3, 1]
+    rewards = _objective_rows(metrics, "reward_accuracy")
+    ratios = [3, 1] + [2] * bool(accuracies) + [2] * bool(rewards)
+    figure = _new_figure(figsize=(9, 3 + 2 * len(ratios)))
     axes = figure.subplots(len(ratios), 1, sharex=True, gridspec_kw={"height_ratios": ratios})
     _draw_losses(axes[0], metrics)
     _draw_learning_rate(axes[1], metrics)
     if accuracies:
         _draw_benchmarks(axes[2], accuracies)
+    if rewards:
+        _draw_rewards(axes[-1], metrics)
     return figure
 
 
@@ -182,6 +185,33 @@ def _draw_benchmarks(axes, accuracies: dict[str, list[dict]]) -> None:
             axes.axhline(rows[-1]["chance"], color=color, linestyle="--", linewidth=1)
     axes.set_title("Benchmarks (train.eval_tasks): accuracy, dashed = chance")
     _label(axes, xlabel="step", ylabel="accuracy")
+
+
+def _objective_rows(metrics: dict[str, Any], name: str) -> dict[str, list[dict]]:
+    """The objective's rows holding `name` (e.g. DPO's reward_accuracy), by split (train, val)."""
+    by_split: dict[str, list[dict]] = {}
+    for row in metrics.get("objective") or []:
+        if _is_finite(row.get(name)):
+            by_split.setdefault(row["split"], []).append(row)
+    return by_split
+
+
+def _draw_rewards(axes, metrics: dict[str, Any]) -> None:
+    """Preference tuning: reward accuracy (left axis, chance 0.5 dashed) and reward margin (right axis)."""
+    colors = {"train": TRAIN_COLOR, "val": VAL_COLOR}
+    margin_axes = axes.twinx()
+    for split, rows in sorted(_objective_rows(metrics, "reward_accuracy").items()):
+        steps = [r["step"] for r in rows]
+        axes.plot(steps, [r["reward_accuracy"] for r in rows], "o-" if split == "val" else "-",
+                  color=colors.get(split), markersize=3, label=f"{split} reward accuracy")
+        margin_axes.plot(steps, [r.get("reward_margin") for r in rows], ":", color=colors.get(split),
+                         label=f"{split} reward margin")
+    axes.axhline(0.5, color="grey", linestyle="--", linewidth=1)
+    axes.set_ylim(0, 1.02)
+    margin_axes.set_ylabel("reward margin (dotted)")
+    axes.legend(loc="lower right", fontsize="small")
+    axes.set_title("Preference: reward accuracy (chance 0.5 dashed) and margin")
+    _label(axes, xlabel="step", ylabel="reward accuracy")
 
 
 def _label(axes, xlabel: str | None, ylabel: str) -> None:

@@ -1,0 +1,81 @@
+"""What the objective's own numbers say about a preference-tuning run (DPO, ORPO): a paragraph of diagnosis.txt.
+
+Read from the `objective` rows of training_metrics.json (train/preference.py logs them): per split,
+the mean reward of chosen and rejected answers, their margin and the reward accuracy. The problems
+named, with what to do:
+* the policy never left the reference (every reward exactly 0): nothing trained;
+* the margin never moved: the learning rate is too low for this beta, or beta too high;
+* validation reward accuracy within noise of 0.5: no preference learnt that carries to new prompts;
+* the chosen answers' reward falling while the margin grows: both answers lose probability and the
+  rejected ones lose more ("likelihood displacement"): the model unlearns what it should say;
+* training accuracy far above validation accuracy: the pairs are memorised, not generalised.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+
+def preference_notes(metrics: dict[str, Any]) -> list[str]:
+    """One "Preference:" paragraph, or none for runs without reward rows."""
+    train = _rows(metrics, "train")
+    if len(train) < 2:
+        return []
+    val = _rows(metrics, "val")
+    lines = [_summary(train, val)]
+    if all(abs(r["reward_chosen"]) < 1e-9 and abs(r["reward_rejected"]) < 1e-9 for r in train[1:]):
+        lines.append("every reward is exactly 0 after the first step: the policy never moved away from the "
+                     "reference. Check that something trains (train.lr > 0; with LoRA, that the adapters are on the "
+                     "model) and that chosen and rejected answers differ.")
+        return [_paragraph(lines)]
+    first, late = _mean(train[:max(1, len(train) // 4)], "reward_margin"), train[-max(1, len(train) // 4):]
+    late_margin, spread = _mean(late, "reward_margin"), _spread(late, "reward_margin")
+    if abs(late_margin - first) <= max(0.01, 2 * spread / math.sqrt(len(late))):
+        lines.append(f"the reward margin did not move ({first:.3f} at the start, {late_margin:.3f} at the end): raise "
+                     "train.lr, or lower finetune.preference.beta (a smaller beta lets the log-ratios, and so the "
+                     "margin, grow further before the loss is satisfied).")
+    if val:
+        accuracy = val[-1]["reward_accuracy"]
+        if abs(accuracy - 0.5) < 0.05:
+            lines.append(f"validation reward accuracy is {accuracy:.2f}, about chance: what was learnt does not carry "
+                         "to held-out prompts. More pairs, more steps, or pairs whose difference the model can see.")
+        train_accuracy = _mean(late, "reward_accuracy")
+        if train_accuracy - accuracy > 0.25:
+            lines.append(f"training reward accuracy ({train_accuracy:.2f}) is far above validation ({accuracy:.2f}): "
+                         "the pairs are being memorised. Fewer epochs, a larger beta, or more data.")
+    chosen_start, chosen_end = _mean(train[:max(1, len(train) // 4)], "reward_chosen"), _mean(late, "reward_chosen")
+    if chosen_end < chosen_start - 0.05 and chosen_end < 0 and late_margin > first:
+        lines.append(f"the chosen answers' reward fell ({chosen_start:.3f} -> {chosen_end:.3f}) while the margin grew: "
+                     "both answers are becoming less likely, the rejected ones faster (likelihood displacement). "
+                     "Lower train.lr, raise beta, or use ORPO (task: orpo), whose SFT term holds the chosen answers up.")
+    return [_paragraph(lines)]
+
+
+def _summary(train: list[dict], val: list[dict]) -> str:
+    last = train[-1]
+    text = (f"at step {last['step']}: training reward accuracy {last['reward_accuracy']:.2f}, margin "
+            f"{last['reward_margin']:.3f} (chosen {last['reward_chosen']:.3f}, rejected {last['reward_rejected']:.3f})")
+    if val:
+        text += (f"; validation reward accuracy {val[0]['reward_accuracy']:.2f} at step {val[0]['step']} -> "
+                 f"{val[-1]['reward_accuracy']:.2f} at step {val[-1]['step']}, margin {val[-1]['reward_margin']:.3f}")
+    return text + "."
+
+
+def _rows(metrics: dict[str, Any], split: str) -> list[dict]:
+    return [r for r in metrics.get("objective") or []
+            if r.get("split") == split and all(isinstance(r.get(k), (int, float)) for k in
+                                               ("reward_accuracy", "reward_margin", "reward_chosen", "reward_rejected"))]
+
+
+def _mean(rows: list[dict], key: str) -> float:
+    return sum(r[key] for r in rows) / len(rows)
+
+
+def _spread(rows: list[dict], key: str) -> float:
+    mean = _mean(rows, key)
+    return math.sqrt(sum((r[key] - mean) ** 2 for r in rows) / max(1, len(rows) - 1))
+
+
+def _paragraph(lines: list[str]) -> str:
+    return "Preference:\n" + "\n".join(f"- {line}" for line in lines)
