@@ -228,3 +228,14 @@ def test_generation_with_every_layer_packed_gives_the_same_tokens(family, monkey
     packed = tokens(PACKED)
     assert all(m._packed.tensor is not None for m in model.modules() if isinstance(m, Linear))
     assert packed == tokens(PLAIN)
+
+
+def test_plain_products_makes_every_decode_product_f_linear_bit_for_bit():
+    from lmforge.model.linear import Linear, plain_products
+
+    torch.manual_seed(0)
+    layer = Linear(96, 200)
+    x = torch.randn(3, 96)
+    with torch.no_grad(), plain_products():
+        inside = layer(x)
+    assert torch.equal(inside, torch.nn.functional.linear(x, layer.weight, layer.bias))

@@ -35,7 +35,7 @@ def test_file_has_every_key_and_equal_list_lengths(tmp_path):
 
     saved = strict_json(tmp_path / METRICS_FILENAME)
 
-    assert set(saved) == set(METRIC_KEYS) | {"nonfinite_steps", "benchmarks"}
+    assert set(saved) == set(METRIC_KEYS) | {"nonfinite_steps", "benchmarks", "objective"}
     assert {len(saved[key]) for key in METRIC_KEYS} == {5}
     assert saved["steps"] == [0, 10, 20, 30, 40]
     assert saved["tokens_seen"] == [0, 640, 1280, 1920, 2560]
@@ -192,3 +192,15 @@ def test_benchmark_rows_are_saved_and_resume_drops_those_after_the_checkpoint(tm
     assert [row["step"] for row in strict_json(tmp_path / METRICS_FILENAME)["benchmarks"]] == [20, 40]
     resumed = MetricsLog.resume(tmp_path, up_to_step=30)
     assert [row["step"] for row in resumed.to_dict()["benchmarks"]] == [20]
+
+
+def test_objective_rows_are_kept_per_split_and_trimmed_on_resume(tmp_path):
+    log = MetricsLog(tmp_path)
+    log_rows(log, range(10, 50, 10))
+    for step in (10, 20, 30, 40):
+        log.log_objective(step, {"train": {"reward_accuracy": step / 100}, "val": {"reward_accuracy": step / 50}})
+    log.log_objective(50, {})  # nothing to log: no row
+    saved = strict_json(tmp_path / METRICS_FILENAME)["objective"]
+    assert [(r["step"], r["split"]) for r in saved[:2]] == [(10, "train"), (10, "val")] and len(saved) == 8
+    resumed = MetricsLog.resume(tmp_path, up_to_step=20)
+    assert [r["step"] for r in resumed.to_dict()["objective"]] == [10, 10, 20, 20]

@@ -32,8 +32,10 @@ prefill always use F.linear. Results agree with F.linear to float rounding.
 
 from __future__ import annotations
 
+import threading
 import time
 import weakref
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -55,6 +57,20 @@ _MEMORY_RESERVE = 1 << 30  # packing never leaves less than this much memory ava
 _MEMINFO = Path("/proc/meminfo")  # where Linux says how much memory is available
 # (out, in, dtype, row bucket, threads) -> (fastest way, fastest way that needs no packed copy)
 _layout_choice: dict[tuple, tuple[str, str]] = {}
+_plain_only = threading.local()  # set by plain_products(): this thread uses F.linear only
+
+
+@contextmanager
+def plain_products():
+    """Within this block (on this thread) every Linear computes with F.linear. The faster decode paths are picked
+    by timing, so two runs may compute the same product with different kernels, equal only to float rounding;
+    where a run must repeat itself bit for bit (sampling in RL, after a resume), that is not good enough."""
+    before = getattr(_plain_only, "on", False)
+    _plain_only.on = True
+    try:
+        yield
+    finally:
+        _plain_only.on = before
 
 
 class Linear(nn.Linear):
@@ -68,7 +84,8 @@ class Linear(nn.Linear):
         if torch.compiler.is_compiling():
             return F.linear(x, self.weight, self.bias)  # the compiler picks its own kernels; no timing in a graph
         rows = x.numel() // x.size(-1) if x.numel() else 0
-        if torch.is_grad_enabled() or x.device.type != "cpu" or not 0 < rows <= MAX_DECODE_ROWS:
+        if torch.is_grad_enabled() or x.device.type != "cpu" or not 0 < rows <= MAX_DECODE_ROWS \
+                or getattr(_plain_only, "on", False):
             return F.linear(x, self.weight, self.bias)
         layout, unpacked_layout = _layout(self.weight, self.bias, rows)
         if layout in PREPARED:

@@ -44,7 +44,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
-from lmforge.train.diagnose_preference import preference_notes
+from lmforge.train.diagnose_preference import grpo_notes, preference_notes
 from lmforge.train.metrics import NONFINITE_KEY, load_metrics, perplexity
 
 DIAGNOSIS_FILENAME = "diagnosis.txt"
@@ -198,7 +198,7 @@ def diagnose(metrics: dict[str, Any], dropout: float | None = None) -> Diagnosis
     measured = replace(_measure(_read_curves(metrics)), dropout=dropout)
     verdict = _classify(measured)
     explanation, remedies = _EXPLAINERS[verdict](measured)
-    benchmarks = _benchmark_notes(metrics) + preference_notes(metrics)
+    benchmarks = _benchmark_notes(metrics) + preference_notes(metrics) + grpo_notes(metrics)
     text = "\n\n".join([f"Verdict: {verdict}", explanation, _describe_numbers(measured), *benchmarks,
                         "What to try:\n" + "\n".join(f"- {remedy}" for remedy in remedies)])
     return Diagnosis(verdict=verdict, text=text + "\n", numbers=asdict(measured))

@@ -1,4 +1,4 @@
-"""What the objective's own numbers say about a preference-tuning run (DPO, ORPO): a paragraph of diagnosis.txt.
+"""What the objective's own numbers say about a preference-tuning (DPO, ORPO) or GRPO run: a paragraph of diagnosis.txt.
 
 Read from the `objective` rows of training_metrics.json (train/preference.py logs them): per split,
 the mean reward of chosen and rejected answers, their margin and the reward accuracy. The problems
@@ -9,6 +9,10 @@ named, with what to do:
 * the chosen answers' reward falling while the margin grows: both answers lose probability and the
   rejected ones lose more ("likelihood displacement"): the model unlearns what it should say;
 * training accuracy far above validation accuracy: the pairs are memorised, not generalised.
+For GRPO (rows with reward_mean, kl, entropy, completion_length):
+* reward hacking: the reward rises while the KL to the reference explodes or the completions grow long;
+* entropy collapse: the policy's entropy falls to a small share of where it started;
+* no learning signal: the reward does not move.
 """
 
 from __future__ import annotations
@@ -79,3 +83,34 @@ def _spread(rows: list[dict], key: str) -> float:
 
 def _paragraph(lines: list[str]) -> str:
     return "Preference:\n" + "\n".join(f"- {line}" for line in lines)
+
+
+def grpo_notes(metrics: dict[str, Any]) -> list[str]:
+    """One "GRPO:" paragraph for runs that log reward_mean, or none."""
+    rows = [r for r in metrics.get("objective") or [] if r.get("split") == "train"
+            and all(isinstance(r.get(k), (int, float)) for k in ("reward_mean", "kl", "entropy", "completion_length"))]
+    if len(rows) < 4:
+        return []
+    quarter = max(1, len(rows) // 4)
+    start, end = rows[:quarter], rows[-quarter:]
+    reward = (_mean(start, "reward_mean"), _mean(end, "reward_mean"))
+    kl = (_mean(start, "kl"), _mean(end, "kl"))
+    entropy = (_mean(start, "entropy"), _mean(end, "entropy"))
+    length = (_mean(start, "completion_length"), _mean(end, "completion_length"))
+    lines = [f"mean reward {reward[0]:.3f} -> {reward[1]:.3f}, KL to the reference {kl[0]:.4f} -> {kl[1]:.4f}, "
+             f"entropy {entropy[0]:.3f} -> {entropy[1]:.3f}, completion length {length[0]:.1f} -> {length[1]:.1f} "
+             f"tokens (first and last quarter of the logged steps)."]
+    rose = reward[1] > reward[0] + 2 * _spread(end, "reward_mean") / math.sqrt(len(end))
+    if rose and (kl[1] > 1.0 or length[1] > 2 * max(length[0], 1.0)):
+        lines.append("the reward rose while the policy moved far from the reference (KL above 1 per token) or its "
+                     "answers grew long: check samples for reward hacking (answers that please the reward function "
+                     "without doing the task). Raise finetune.grpo.beta, lower train.lr, or tighten the reward.")
+    if entropy[1] < 0.2 * entropy[0]:
+        lines.append("the entropy collapsed to a fifth of its start or less: the policy samples nearly one answer per "
+                     "prompt, groups stop differing and GRPO loses its signal. Raise the sampling temperature, lower "
+                     "train.lr, or stop earlier.")
+    if not rose:
+        lines.append("the mean reward did not rise beyond noise. If every completion of a group scores the same there "
+                     "is nothing to learn from it: start from a model that sometimes succeeds (SFT first), sample more "
+                     "per prompt (group_size) or at a higher temperature, or give partial credit in the reward.")
+    return ["GRPO:\n" + "\n".join(f"- {line}" for line in lines)]

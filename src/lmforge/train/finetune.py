@@ -10,6 +10,7 @@ The loop is the one pretraining uses (train/loop.py). Fine-tuning only chooses:
 
 from __future__ import annotations
 
+import copy
 import random
 import time
 from dataclasses import dataclass, replace
@@ -23,8 +24,8 @@ from ..adapt.qlora import quantize_model
 from ..data.classify import ClassifyBatches, balance, class_weights, load_labelled, stratified_split
 from ..data.config import DataConfig
 from ..data.loader import TokenBatches
-from ..data.sft import (SFTBatches, drop_truncated_answers, load_sft_examples, preflight, split_examples,
-                        tokenize_conversation)
+from ..data.sft import (SFTBatches, _read_records, drop_truncated_answers, load_sft_examples, preflight,
+                        split_examples, tokenize_conversation)
 from ..data.preference import PreferenceBatches, load_preference_pairs, tokenize_pairs, with_reference_logps
 from ..data.templates import TEMPLATES, render
 from ..distributed.config import DistConfig
@@ -40,6 +41,7 @@ from .loop import Benchmark, Trainer, TrainResult
 from .model_files import ClassifierFiles, LoRAFiles, with_chat_template
 from .objectives import classification_loss, lm_loss_sum
 from .precision import run_precision
+from .grpo import GroupSampler, GRPOLoss, SamplingSettings, load_reward_functions
 from .preference import DPOLoss, ORPOLoss, answer_logps
 from .run_folder import claim_run_folder
 from .pretrain import describe_parallelism, prepare_data
@@ -253,7 +255,41 @@ def add_reference_logps(setup: TaskSetup, batch_size: int, device: torch.device)
         model.train(was_training)
 
 
-TASKS = {"causal": _causal, "instruct": _instruct, "classify": _classify, "dpo": _preference, "orpo": _preference}
+def _grpo(model, tokenizer, base_dir, data_cfg, train_cfg, ft, ingest_cfg) -> TaskSetup:
+    """Prompts; groups of completions sampled from the model as it trains, scored by reward functions."""
+    settings = ft.grpo
+    path = _single_data_file(data_cfg, "prompts (JSON or JSONL records with a \"prompt\")")
+    if settings.template not in TEMPLATES:
+        raise ValueError(f"finetune.grpo.template: unknown {settings.template!r}; choose {', '.join(TEMPLATES)}")
+    template = TEMPLATES[settings.template]
+    rewards = load_reward_functions(settings.rewards)
+    records = _read_records(path)
+    prompts = []
+    for index, record in enumerate(records):
+        prompt = record.get("prompt")
+        messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
+        if not isinstance(messages, list) or not messages:
+            raise ValueError(f"{path}: record {index} needs a \"prompt\": a string or a list of messages")
+        ids = tokenizer.encode(render(messages, template))
+        if len(ids) + settings.max_new_tokens > model.config.block_size:
+            raise ValueError(f"{path}: record {index}'s prompt ({len(ids)} tokens) and max_new_tokens "
+                             f"({settings.max_new_tokens}) do not fit the context of {model.config.block_size}")
+        prompts.append(ids)
+    # The reference is the starting model, frozen: a copy (made before any LoRA adapters), kept only with a KL term.
+    reference = copy.deepcopy(model).eval().requires_grad_(False) if settings.beta > 0 else None
+    sampling = SamplingSettings(settings.group_size, settings.max_new_tokens, settings.temperature)
+    batches = GroupSampler(model, reference, tokenizer, prompts, records, rewards, sampling, train_cfg.batch_size,
+                           train_cfg.seed)
+    files = with_chat_template(ckpt.FullWeights(), template)
+    return TaskSetup(model, batches, None, loss_fn=GRPOLoss(settings.beta, settings.epsilon), files=files,
+                     sample_prompt=render([{"role": "user", "content": records[0].get("prompt")}], template)
+                     if isinstance(records[0].get("prompt"), str) else None,
+                     describe=f"grpo: {len(prompts):,} prompts x {settings.group_size} completions, rewards "
+                              f"{', '.join(settings.rewards)}, beta {settings.beta}, template {template.name}")
+
+
+TASKS = {"causal": _causal, "instruct": _instruct, "classify": _classify, "dpo": _preference, "orpo": _preference,
+         "grpo": _grpo}
 
 
 def _single_data_file(data_cfg: DataConfig, what: str) -> Path:

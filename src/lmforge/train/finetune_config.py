@@ -102,12 +102,35 @@ class PreferenceSettings:
 
 
 @dataclass
+class GRPOSettings:
+    """GRPO (train/grpo.py): prompts from data.path (JSON/JSONL records with a "prompt"), rewards from functions."""
+
+    rewards: list[str] = field(default_factory=list, metadata={
+        "help": "reward functions as module:function, each called as f(prompt, completion, record) -> float; "
+                "their rewards add up"})
+    template: str = field(default="chatml", metadata={"help": "prompt template the prompts are rendered with"})
+    group_size: int = field(default=8, metadata={"help": "completions sampled per prompt (G)"})
+    max_new_tokens: int = field(default=32, metadata={"help": "tokens per completion at most"})
+    temperature: float = field(default=1.0, metadata={"help": "sampling temperature of the completions"})
+    beta: float = field(default=0.04, metadata={
+        "help": "weight of the KL penalty to the reference (the starting model); 0 = none, no reference kept"})
+    epsilon: float = field(default=0.2, metadata={"help": "clipping range of the probability ratio"})
+
+    def validate(self) -> None:
+        if self.group_size < 2:
+            raise ValueError(f"group_size: at least 2 completions per prompt (a group is the baseline), "
+                             f"got {self.group_size}")
+        if self.max_new_tokens < 1 or self.temperature <= 0 or self.beta < 0:
+            raise ValueError("max_new_tokens must be >= 1, temperature > 0 and beta >= 0")
+
+
+@dataclass
 class FinetuneConfig:
     """Fine-tuning: the task, the method, and their settings (used by `lmforge finetune`)."""
 
-    task: Literal["causal", "instruct", "classify", "dpo", "orpo"] = field(default="causal", metadata={
+    task: Literal["causal", "instruct", "classify", "dpo", "orpo", "grpo"] = field(default="causal", metadata={
         "help": "causal = more plain text; instruct = SFT on examples; classify = labelled text; "
-                "dpo, orpo = preference tuning on prompt / chosen / rejected pairs"})
+                "dpo, orpo = preference tuning on prompt / chosen / rejected pairs; grpo = RL with reward functions"})
     method: Literal["full", "lora", "qlora"] = field(default="full", metadata={
         "help": "full = all weights; lora = adapters only; qlora = adapters on a 4-bit base"})
     quant_backend: Literal["auto", "torch", "bnb"] = field(default="auto", metadata={
@@ -116,9 +139,14 @@ class FinetuneConfig:
     instruct: InstructSettings = field(default_factory=InstructSettings, metadata={"help": "task: instruct"})
     classify: ClassifySettings = field(default_factory=ClassifySettings, metadata={"help": "task: classify"})
     preference: PreferenceSettings = field(default_factory=PreferenceSettings, metadata={"help": "tasks: dpo, orpo"})
+    grpo: GRPOSettings = field(default_factory=GRPOSettings, metadata={"help": "task: grpo"})
 
     def validate(self) -> None:
         self.preference.validate()
+        self.grpo.validate()
+        if self.task == "grpo" and self.method == "qlora":
+            raise ValueError("method: grpo keeps its reference as a full-precision copy of the starting model; "
+                             "qlora's 4-bit base would differ from it. Use full or lora")
         if self.task == "classify" and self.method != "full":
             raise ValueError("method: classification trains a new head (and optionally the last blocks); "
                              "use method: full with classify.trainable to choose what trains")

@@ -86,7 +86,8 @@ def training_curve_figure(metrics: dict[str, Any]) -> Figure:
         return _no_data_figure("Training curve")
     accuracies = _benchmark_accuracies(metrics)
     rewards = _objective_rows(metrics, "reward_accuracy")
-    ratios = [3, 1] + [2] * bool(accuracies) + [2] * bool(rewards)
+    grpo = _objective_rows(metrics, "reward_mean").get("train", [])
+    ratios = [3, 1] + [2] * bool(accuracies) + [2] * bool(rewards) + [2] * bool(grpo)
     figure = _new_figure(figsize=(9, 3 + 2 * len(ratios)))
     axes = figure.subplots(len(ratios), 1, sharex=True, gridspec_kw={"height_ratios": ratios})
     _draw_losses(axes[0], metrics)
@@ -95,6 +96,8 @@ def training_curve_figure(metrics: dict[str, Any]) -> Figure:
         _draw_benchmarks(axes[2], accuracies)
     if rewards:
         _draw_rewards(axes[-1], metrics)
+    if grpo:
+        _draw_grpo(axes[-1], grpo)
     return figure
 
 
@@ -212,6 +215,24 @@ def _draw_rewards(axes, metrics: dict[str, Any]) -> None:
     axes.legend(loc="lower right", fontsize="small")
     axes.set_title("Preference: reward accuracy (chance 0.5 dashed) and margin")
     _label(axes, xlabel="step", ylabel="reward accuracy")
+
+
+def _draw_grpo(axes, rows: list[dict]) -> None:
+    """GRPO: mean reward +- its batch spread (left axis); KL to the reference and entropy (right axis)."""
+    steps = [r["step"] for r in rows]
+    mean = [r["reward_mean"] for r in rows]
+    spread = [r.get("reward_std") or 0.0 for r in rows]
+    axes.plot(steps, mean, "-", color=TRAIN_COLOR, label="mean reward")
+    axes.fill_between(steps, [m - s for m, s in zip(mean, spread)], [m + s for m, s in zip(mean, spread)],
+                      color=TRAIN_COLOR, alpha=0.15)
+    other = axes.twinx()
+    other.plot(steps, [r["kl"] for r in rows], ":", color="tab:red", label="KL to reference")
+    other.plot(steps, [r["entropy"] for r in rows], "--", color="tab:green", label="entropy")
+    other.set_ylabel("KL (dotted), entropy (dashed)")
+    axes.legend(loc="upper left", fontsize="small")
+    other.legend(loc="upper right", fontsize="small")
+    axes.set_title("GRPO: mean reward (band: spread in the batch), KL and entropy per token")
+    _label(axes, xlabel="step", ylabel="reward")
 
 
 def _label(axes, xlabel: str | None, ylabel: str) -> None:
