@@ -156,3 +156,17 @@ def test_the_diagnosis_names_reward_hacking_entropy_collapse_and_a_flat_reward()
     flat = grpo_notes(rows(lambda s: 0.3 + 0.001 * (-1) ** s, lambda s: 0.01, lambda s: 2.0, lambda s: 8))[0]
     assert "did not rise" in flat
     assert grpo_notes({"objective": []}) == []
+
+
+def test_the_arithmetic_task_and_its_reward():
+    from lmforge.data.arithmetic import arithmetic_sets
+    from lmforge.train.rewards import arithmetic
+
+    sft, prompts = arithmetic_sets(max_operand=9, sft=60, prompts=30, seed=0)
+    assert len(sft) == 60 and len(prompts) == 30
+    assert not {r["prompt"] for r in sft} & {r["prompt"] for r in prompts}  # no question in both
+    a, b = map(int, prompts[0]["prompt"][len("What is "):-1].split("+"))
+    assert prompts[0]["answer"] == a + b
+    record = {"answer": 12}
+    assert [arithmetic("", text, record) for text in ("12", " 12 apples", "It is 12.", "21", "1 2", "", "-12")] == \
+        [1.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0]
