@@ -2,9 +2,11 @@
 
     python -m lmforge.data.arithmetic OUT_DIR [--max-operand 50] [--sft 2000] [--prompts 2000] [--seed 0]
 
-writes OUT_DIR/sft.jsonl (prompt / completion records for a short instruction tuning first, so the model
-knows the answer's form and is sometimes right) and OUT_DIR/prompts.jsonl (prompt / answer records for
-GRPO, scored by lmforge.train.rewards:arithmetic). The two sets share no question.
+writes OUT_DIR/text.txt (the SFT questions with their answers as plain lines, to pretrain a tiny base
+model on), OUT_DIR/sft.jsonl (the same as prompt / completion records, for a short instruction tuning,
+so the model knows the answer's form and is sometimes right) and OUT_DIR/prompts.jsonl (prompt / answer
+records for GRPO, scored by lmforge.train.rewards:arithmetic). GRPO's prompts are questions the model
+never saw answered.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ def main(argv: list[str] | None = None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     for name, records in (("sft.jsonl", sft), ("prompts.jsonl", grpo)):
         (out / name).write_text("".join(json.dumps(r) + "\n" for r in records))
+    (out / "text.txt").write_text("".join(f"{r['prompt']} {r['completion']}\n" for r in sft))
     print(f"wrote {len(sft)} SFT examples and {len(grpo)} GRPO prompts to {out}")
 
 
