@@ -167,6 +167,9 @@ def test_the_arithmetic_task_and_its_reward():
     assert not {r["prompt"] for r in sft} & {r["prompt"] for r in prompts}  # no question in both
     a, b = map(int, prompts[0]["prompt"][len("What is "):-1].split("+"))
     assert prompts[0]["answer"] == a + b
+    sft, prompts = arithmetic_sets(max_operand=9, sft=60, prompts=30, seed=0, same_questions=True)
+    assert [r["prompt"] for r in prompts] == [r["prompt"] for r in sft]
+    assert all(int(s["completion"]) == p["answer"] for s, p in zip(sft, prompts))
     record = {"answer": 12}
     assert [arithmetic("", text, record) for text in ("12", " 12 apples", "It is 12.", "21", "1 2", "", "-12")] == \
         [1.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0]
