@@ -134,8 +134,8 @@ def test_grpo_through_lmforge_finetune_trains_and_resumes_exactly(tmp_path):
 
     straight = run(tmp_path / "a")
     resumed = run(tmp_path / "b", f"--train.resume={straight.run_dir / 'step-000004'}")
-    with_adapters = run(tmp_path / "c", "--finetune.method=lora", "--finetune.lora.targets=[all]", "--model.dropout=0.0",
-                        "--train.max_steps=4")
+    with_adapters = run(tmp_path / "c", "--finetune.method=lora", "--finetune.lora.targets=[all]",
+                        "--model.dropout=0.0", "--train.max_steps=4")
     lora_rows = json.loads((with_adapters.run_dir / "training_metrics.json").read_text())["objective"]
     assert lora_rows[0]["kl"] == pytest.approx(0.0, abs=1e-6)  # fresh adapters: the policy is the reference
     assert lora_rows[-1]["kl"] > 0 and not (with_adapters.run_dir / "last" / "model.safetensors").exists()
