@@ -159,7 +159,9 @@ def test_the_diagnosis_names_reward_hacking_entropy_collapse_and_a_flat_reward()
     collapsed = grpo_notes(rows(lambda s: 0.5 + 0.02 * s, lambda s: 0.01, lambda s: 2.0 / s, lambda s: 8))[0]
     assert "entropy collapsed" in collapsed and "reward hacking" not in collapsed
     flat = grpo_notes(rows(lambda s: 0.3 + 0.001 * (-1) ** s, lambda s: 0.01, lambda s: 2.0, lambda s: 8))[0]
-    assert "did not rise" in flat
+    assert "did not rise" in flat and "without any gain" not in flat
+    drifting = grpo_notes(rows(lambda s: 0.3 - 0.001 * s, lambda s: 0.1 * s, lambda s: 2.0, lambda s: 8))[0]
+    assert "without any gain in reward" in drifting
     assert grpo_notes({"objective": []}) == []
 
 

@@ -109,6 +109,10 @@ def grpo_notes(metrics: dict[str, Any]) -> list[str]:
         lines.append("the entropy collapsed to a fifth of its start or less: the policy samples nearly one answer per "
                      "prompt, groups stop differing and GRPO loses its signal. Raise the sampling temperature, lower "
                      "train.lr, or stop earlier.")
+    if not rose and kl[1] > 0.5:
+        lines.append(f"the policy moved away from the reference (KL {kl[1]:.2f} per token) without any gain in reward: "
+                     "the steps are too large for the signal. Lower train.lr or use more prompts per step "
+                     "(train.batch_size).")
     if not rose:
         lines.append("the mean reward did not rise beyond noise. If every completion of a group scores the same there "
                      "is nothing to learn from it: start from a model that sometimes succeeds (SFT first), sample more "

@@ -120,7 +120,7 @@ def loss_by_epoch_figure(metrics: dict[str, Any]) -> Figure:
     else:
         axes.xaxis.set_major_locator(_integer_ticks())
     axes.set_xlim(min(epochs) - 0.5, max(epochs) + 0.5)
-    _label(axes, xlabel="epoch", ylabel="cross-entropy loss")
+    _label(axes, xlabel="epoch", ylabel=_loss_name(metrics))
     return figure
 
 
@@ -155,7 +155,7 @@ def _draw_losses(axes, metrics: dict[str, Any]) -> None:
         axes.axvline(nonfinite_steps[0], color="tab:red", linestyle="--",
                      label=f"loss not finite from step {nonfinite_steps[0]}")
     axes.set_title("Loss")
-    _label(axes, xlabel=None, ylabel="cross-entropy loss")
+    _label(axes, xlabel=None, ylabel=_loss_name(metrics))
 
 
 def _draw_learning_rate(axes, metrics: dict[str, Any]) -> None:
@@ -188,6 +188,12 @@ def _draw_benchmarks(axes, accuracies: dict[str, list[dict]]) -> None:
             axes.axhline(rows[-1]["chance"], color=color, linestyle="--", linewidth=1)
     axes.set_title("Benchmarks (train.eval_tasks): accuracy, dashed = chance")
     _label(axes, xlabel="step", ylabel="accuracy")
+
+
+def _loss_name(metrics: dict[str, Any]) -> str:
+    """What the loss axis measures: cross-entropy, unless an objective of its own logged statistics (DPO's loss
+    is a log-sigmoid of reward margins, GRPO's a policy-gradient surrogate)."""
+    return "loss" if metrics.get("objective") else "cross-entropy loss"
 
 
 def _objective_rows(metrics: dict[str, Any], name: str) -> dict[str, list[dict]]:
