@@ -190,7 +190,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lmforge", description="Train, fine-tune and run GPT-style language models.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("train", help="train a model (no arguments: a demo on Python's standard library)",
+    p = sub.add_parser("train", help="train a model (no arguments: a demo on the standard library's and PyTorch's "
+                                     "Python source)",
                        description="Any config key can be overridden as --section.key=value, e.g. --train.max_steps=500.")
     p.add_argument("config", nargs="?", help="a YAML run config, or a preset name (see `lmforge init --help`)")
     p.add_argument("--nproc", type=int, metavar="N", help="train on N processes of this machine, e.g. one per GPU "

@@ -43,7 +43,7 @@ def prepare_data(data: DataConfig, ingest_cfg: IngestConfig | None = None, token
     sources = data.path if data.path else default_corpus_files(data.default_corpus_bytes)
     if not data.path:
         print(f"data: no data.path given, using the built-in demo corpus "
-              f"({len(sources)} files of Python's standard library)")
+              f"({len(sources)} files of Python source: the standard library and PyTorch's own)")
     cache_dir = Path(data.cache_dir).expanduser()
     return ensure_prepared([Path(s).expanduser() for s in sources], cache_dir,
                            tokenizer=tokenizer_spec or data.tokenizer, vocab_size=data.vocab_size,
