@@ -8,8 +8,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from lmforge.adapt.lora import (LoRAConfig, LoRALinear, apply_lora, load_lora_state_dict, lora_state_dict,
-                                merge_lora, unmerge_lora)
+from lmforge.adapt.lora import (LoRAConfig, LoRALinear, adapters_disabled, apply_lora, load_lora_state_dict,
+                                lora_state_dict, merge_lora, unmerge_lora)
 from lmforge.model.config import ModelConfig
 from lmforge.model.gpt import GPT
 from tests.model.families import tiny_families
@@ -178,3 +178,27 @@ def test_lora_config_json_round_trip_and_validation():
 def test_targets_may_be_a_comma_separated_string():
     report = apply_lora(make_model("gpt2"), "q, v", r=2)
     assert report.config.targets == ("q", "v")
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_adapters_disabled_gives_back_the_base_model_after_training(family):
+    """The reference model of RL and preference tuning: the policy with its adapters off is the model as it
+    was before the adapters were added, however far the adapters have trained."""
+    model = make_model(family)
+    idx = torch.randint(0, 50, (2, 16))
+    with torch.no_grad():
+        base_logits = model(idx)
+    apply_lora(model, ALL_TARGETS[family] + ("lm_head",), r=4, alpha=8, dropout=0.0)
+    train_a_little(model, idx)
+    with torch.no_grad():
+        adapted = model(idx)
+        with adapters_disabled(model):
+            switched_off = model(idx)
+        after = model(idx)
+    assert not torch.allclose(adapted, base_logits, atol=1e-3)  # the adapters did change the model
+    assert torch.allclose(switched_off, base_logits, atol=1e-6)
+    assert torch.equal(after, adapted)  # switched back on when the block ends
+    merge_lora(model, unload=False)
+    with pytest.raises(ValueError, match="merged"):
+        with adapters_disabled(model):
+            pass

@@ -7,8 +7,8 @@ import torch
 from lmforge.model.config import ModelConfig
 from lmforge.model.gpt import GPT
 from lmforge.tokenizer import CharTokenizer
-from lmforge.train.grpo import (GRPOLoss, GroupSampler, SamplingSettings, group_advantages, load_reward_functions,
-                                token_logps)
+from lmforge.train.grpo import (AdaptersOff, FrozenCopy, GRPOLoss, GroupSampler, SamplingSettings, group_advantages,
+                                load_reward_functions, token_logps)
 
 TOKENIZER = CharTokenizer.train(["ab"])
 
@@ -54,6 +54,32 @@ def test_the_loss_gradient_is_the_policy_gradient_plus_the_kl_gradient():
         assert torch.allclose(a, p.grad, atol=1e-6)
     metrics = loss_fn.take_metrics()["train"]
     assert metrics["kl"] > 0 and metrics["reward_mean"] == pytest.approx(float(rewards.mean()), abs=1e-6)
+
+
+def test_both_references_are_the_starting_model_while_the_policy_moves_on():
+    """FrozenCopy (full fine-tuning) keeps its own weights; AdaptersOff (LoRA) switches the adapters off, with no copy."""
+    from lmforge.adapt.lora import apply_lora
+
+    x = torch.tensor([TOKENIZER.encode("abba")])
+    for adapters in (False, True):
+        policy = tiny_policy()
+        with torch.no_grad():
+            start = policy(x)
+        reference = FrozenCopy(policy)
+        if adapters:
+            apply_lora(policy, ("q", "v", "up", "down"), r=2, alpha=4, dropout=0.5)
+            reference = AdaptersOff(policy)
+        policy.train()
+        optimizer = torch.optim.SGD([p for p in policy.parameters() if p.requires_grad], lr=0.5)
+        for _ in range(3):
+            optimizer.zero_grad()
+            policy(x).logsumexp(-1).mean().backward()
+            optimizer.step()
+        with torch.no_grad():
+            assert not torch.allclose(policy.eval()(x), start, atol=1e-3)
+        policy.train()
+        assert torch.allclose(reference(x), start, atol=1e-6)
+        assert policy.training  # the reference's eval mode (no adapter dropout) ends with the call
 
 
 def test_a_sampler_resumed_from_its_state_samples_the_same_batches():
@@ -136,9 +162,12 @@ def test_grpo_through_lmforge_finetune_trains_and_resumes_exactly(tmp_path):
     resumed = run(tmp_path / "b", f"--train.resume={straight.run_dir / 'step-000004'}")
     with_adapters = run(tmp_path / "c", "--finetune.method=lora", "--finetune.lora.targets=[all]",
                         "--model.dropout=0.0", "--train.max_steps=4")
-    lora_rows = json.loads((with_adapters.run_dir / "training_metrics.json").read_text())["objective"]
-    assert lora_rows[0]["kl"] == pytest.approx(0.0, abs=1e-6)  # fresh adapters: the policy is the reference
-    assert lora_rows[-1]["kl"] > 0 and not (with_adapters.run_dir / "last" / "model.safetensors").exists()
+    on_4bit = run(tmp_path / "d", "--finetune.method=qlora", "--finetune.quant_backend=torch",
+                  "--finetune.lora.targets=[all]", "--model.dropout=0.0", "--train.max_steps=4")
+    for adapted in (with_adapters, on_4bit):  # the reference: the policy with its adapters switched off
+        rows = json.loads((adapted.run_dir / "training_metrics.json").read_text())["objective"]
+        assert rows[0]["kl"] == pytest.approx(0.0, abs=1e-6)  # fresh adapters: the policy is the reference
+        assert rows[-1]["kl"] > 0 and not (adapted.run_dir / "last" / "model.safetensors").exists()
     a, b = (json.loads((r.run_dir / "training_metrics.json").read_text()) for r in (straight, resumed))
     assert b["steps"] == [5, 6, 7, 8] and b["train_loss"] == a["train_loss"][4:]
     assert [r["reward_mean"] for r in b["objective"]] == [r["reward_mean"] for r in a["objective"]][4:]

@@ -27,6 +27,8 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields, replace
 
 import torch
@@ -140,6 +142,7 @@ class LoRALinear(nn.Module):
         nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.merged = False
+        self.disabled = False  # True inside adapters_disabled(): the layer computes its base alone
 
     @property
     def in_features(self) -> int:
@@ -159,7 +162,7 @@ class LoRALinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.base(x)
-        if self.merged:
+        if self.merged or self.disabled:
             return y
         update = (self.dropout(x).to(self.lora_A.dtype) @ self.lora_A.t()) @ self.lora_B.t()
         return y + (update * self.scale).to(y.dtype)
@@ -302,6 +305,23 @@ def _modules_named(model: nn.Module, names: tuple[str, ...]) -> list[nn.Module]:
 
 def lora_layers(model: nn.Module) -> dict[str, LoRALinear]:
     return {name: m for name, m in model.named_modules() if isinstance(m, LoRALinear)}
+
+
+@contextmanager
+def adapters_disabled(model: nn.Module) -> Iterator[None]:
+    """The model computes its base alone for the duration (peft's disable_adapter): with fresh adapters
+    (B = 0) that is the model as training started, so RL and preference tuning get their reference
+    model for free instead of a second copy of the weights. A merged update cannot be switched off."""
+    layers = list(lora_layers(model).values())
+    if any(layer.merged for layer in layers):
+        raise ValueError("adapters_disabled: the adapters are merged into the base weights; unmerge them first")
+    for layer in layers:
+        layer.disabled = True
+    try:
+        yield
+    finally:
+        for layer in layers:
+            layer.disabled = False
 
 
 def lora_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:

@@ -10,7 +10,6 @@ The loop is the one pretraining uses (train/loop.py). Fine-tuning only chooses:
 
 from __future__ import annotations
 
-import copy
 import random
 import time
 from dataclasses import dataclass, replace
@@ -41,7 +40,7 @@ from .loop import Benchmark, Trainer, TrainResult
 from .model_files import ClassifierFiles, LoRAFiles, with_chat_template
 from .objectives import classification_loss, lm_loss_sum
 from .precision import run_precision
-from .grpo import GroupSampler, GRPOLoss, SamplingSettings, load_reward_functions
+from .grpo import AdaptersOff, FrozenCopy, GroupSampler, GRPOLoss, SamplingSettings, load_reward_functions
 from .preference import DPOLoss, ORPOLoss, answer_logps
 from .run_folder import claim_run_folder
 from .pretrain import describe_parallelism, prepare_data
@@ -275,8 +274,11 @@ def _grpo(model, tokenizer, base_dir, data_cfg, train_cfg, ft, ingest_cfg) -> Ta
             raise ValueError(f"{path}: record {index}'s prompt ({len(ids)} tokens) and max_new_tokens "
                              f"({settings.max_new_tokens}) do not fit the context of {model.config.block_size}")
         prompts.append(ids)
-    # The reference is the starting model, frozen: a copy (made before any LoRA adapters), kept only with a KL term.
-    reference = copy.deepcopy(model).eval().requires_grad_(False) if settings.beta > 0 else None
+    # The reference is the starting model, kept only with a KL term: with adapters, the policy with them switched
+    # off (they are added after this, in _with_lora); otherwise a frozen copy made now.
+    reference = None
+    if settings.beta > 0:
+        reference = FrozenCopy(model) if ft.method == "full" else AdaptersOff(model)
     sampling = SamplingSettings(settings.group_size, settings.max_new_tokens, settings.temperature)
     batches = GroupSampler(model, reference, tokenizer, prompts, records, rewards, sampling, train_cfg.batch_size,
                            train_cfg.seed)

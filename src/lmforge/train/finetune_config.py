@@ -144,9 +144,6 @@ class FinetuneConfig:
     def validate(self) -> None:
         self.preference.validate()
         self.grpo.validate()
-        if self.task == "grpo" and self.method == "qlora":
-            raise ValueError("method: grpo keeps its reference as a full-precision copy of the starting model; "
-                             "qlora's 4-bit base would differ from it. Use full or lora")
         if self.task == "classify" and self.method != "full":
             raise ValueError("method: classification trains a new head (and optionally the last blocks); "
                              "use method: full with classify.trainable to choose what trains")

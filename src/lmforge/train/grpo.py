@@ -22,6 +22,7 @@ it logs reward, KL, entropy and completion length for the loop.
 
 from __future__ import annotations
 
+import copy
 import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,7 +32,8 @@ import torch
 import torch.nn.functional as F
 
 from ..data.sft import ExampleBatches, _pad
-from ..generate.engine import generate_tokens
+from ..adapt.lora import adapters_disabled
+from ..generate.engine import evaluation_mode, generate_tokens
 from ..generate.params import SamplingParams
 from ..model.chunked_loss import IGNORE_INDEX
 from ..model.linear import plain_products
@@ -78,6 +80,33 @@ class SamplingSettings:
     top_p: float = 1.0
 
 
+class FrozenCopy:
+    """The reference as a frozen copy of the starting model (full fine-tuning changes every weight)."""
+
+    def __init__(self, model: torch.nn.Module):
+        self.model = copy.deepcopy(model).eval().requires_grad_(False)
+
+    @torch.no_grad()
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if next(self.model.parameters()).device != x.device:
+            self.model.to(x.device)  # copied before the trainer moved the policy (e.g. to the GPU): follow it
+        return self.model(x)
+
+
+class AdaptersOff:
+    """The reference as the policy with its LoRA adapters switched off (as trl does with peft models):
+    fresh adapters add nothing, so the base alone is the starting model, and no second copy of the
+    weights is needed. For qlora the reference is the same 4-bit base the policy starts from."""
+
+    def __init__(self, policy: torch.nn.Module):
+        self.policy = policy
+
+    @torch.no_grad()
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        with evaluation_mode(self.policy), adapters_disabled(self.policy):
+            return self.policy(x)
+
+
 class GroupSampler(ExampleBatches):
     """Batches of G sampled completions for each of batch_size prompts: (x, advantages, rewards, ref_logps, y).
 
@@ -86,7 +115,8 @@ class GroupSampler(ExampleBatches):
     the reference's log-probability of each target (zeros when there is no reference, beta = 0).
     """
 
-    def __init__(self, policy: torch.nn.Module, reference: torch.nn.Module | None, tokenizer: Tokenizer,
+    def __init__(self, policy: torch.nn.Module, reference: Callable[[torch.Tensor], torch.Tensor] | None,
+                 tokenizer: Tokenizer,
                  prompts: list[list[int]], records: list[dict], rewards: list[RewardFunction],
                  sampling: SamplingSettings, batch_size: int, seed: int):
         super().__init__(len(prompts), batch_size, seed)
@@ -142,7 +172,7 @@ class GroupSampler(ExampleBatches):
     def _reference_logps(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if self.reference is None:
             return torch.zeros(y.shape)
-        device = next(self.reference.parameters()).device
+        device = next(self.policy.parameters()).device
         logits = self.reference(x.to(device)).float()
         return token_logps(logits, y.to(device)).cpu()
 
