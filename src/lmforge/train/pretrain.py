@@ -28,6 +28,7 @@ from ..model.config import ModelConfig, with_vocab
 from ..model.gpt import GPT
 from ..tokenizer import load_tokenizer
 from ..utils.device import resolve_precision
+from ..utils.malloc import keep_freed_memory
 from . import checkpoint as ckpt
 from .config import TrainConfig
 from .loop import Benchmark, Trainer, TrainResult
@@ -139,6 +140,11 @@ def size_to_budget(model_cfg: ModelConfig, train_cfg: TrainConfig, data_dir: Pat
         shape = json.loads(saved.read_text())
         print(f"model: fit_to_budget: keeping the resumed run's {shape['n_layer']} x {shape['n_embd']} shape")
         return ladder_config(model_cfg, shape["n_layer"], shape["n_embd"])
+    if device.type == "cpu" and train_cfg.reuse_memory:
+        # What the Trainer will switch on anyway, switched on before the probe times its steps: without it
+        # every step page-faults its big tensors in anew, and the probe timed 2 x 64 at 115-190 ms/step
+        # that then trained at 74 (2-core EPYC), so it picked smaller models than the machine could train.
+        keep_freed_memory()
     probe = TokenBatches(data_dir, "train", model_cfg.block_size, train_cfg.batch_size, seed=train_cfg.seed)
     batch = next(iter(probe.eval_batches(1)))
     step_tokens = train_cfg.batch_size * train_cfg.grad_accum_steps * model_cfg.block_size
