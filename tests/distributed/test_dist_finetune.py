@@ -66,3 +66,40 @@ def test_qlora_refuses_several_processes(tmp_path):
     with pytest.raises(ValueError, match="qlora runs in one process"):
         _strategy(DistConfig(), FinetuneConfig(method="qlora"), two, torch.nn.Linear(2, 2), torch.device("cpu"))
     assert _strategy(DistConfig(), FinetuneConfig(method="lora"), two, torch.nn.Linear(2, 2), torch.device("cpu")) == "ddp"
+
+
+def test_two_process_dpo_logs_the_rewards_of_every_rank(tmp_path):
+    """The objective's own statistics (DPO rewards, accuracy, margins) are gathered over the ranks: the two-process
+    run logs what one process with the same global batch logs, for training and for validation, where an odd
+    number of validation batches makes one rank repeat a batch that must not count twice."""
+    tokenizer = CharTokenizer.train([ALPHABET])
+    torch.manual_seed(0)
+    model = GPT(preset_config("gpt2-tiny", vocab_size=tokenizer.vocab_size, block_size=96, n_layer=2, n_embd=64))
+    base = save_checkpoint(tmp_path / "bases", "base", model, tokenizer, {})
+    rng = random.Random(0)
+    rows = [{"prompt": f"add {a}+{b}?", "chosen": f"it is {a + b}, thanks!", "rejected": f"{a + b}. go away"}
+            for a, b in ((rng.randrange(10), rng.randrange(10)) for _ in range(80))]
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    def dpo_run(name, processes, accumulation):
+        run_dir = tmp_path / name
+        args = ["dpo", f"--model.init_from={base}", f"--data.path={data}", f"--train.out_dir={run_dir}",
+                "--finetune.method=lora", "--finetune.lora.dropout=0.0", "--finetune.preference.template=plain",
+                "--train.max_steps=4", "--train.batch_size=2",
+                f"--train.grad_accum_steps={accumulation}", "--train.warmup_steps=1", "--train.lr=3e-3",
+                "--train.eval_interval=2", "--train.eval_steps=3", "--train.log_interval=1", "--train.precision=fp32",
+                "--train.device=cpu", "--train.save_interval=100", "--train.sample_interval=0"]
+        launcher = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}"] \
+            if processes > 1 else []
+        proc = subprocess.run([sys.executable, *launcher, "-m", "lmforge", "finetune", *args], capture_output=True,
+                              text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
+        assert proc.returncode == 0, f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+        return json.loads((run_dir / "training_metrics.json").read_text())["objective"]
+
+    one, two = dpo_run("single", 1, 2), dpo_run("double", 2, 1)
+    assert [(r["step"], r["split"]) for r in two] == [(r["step"], r["split"]) for r in one]
+    assert {r["split"] for r in one} == {"train", "val"}
+    for a, b in zip(one, two):
+        for name in ("reward_chosen", "reward_rejected", "reward_margin", "reward_accuracy", "logps_chosen"):
+            assert b[name] == pytest.approx(a[name], rel=1e-4, abs=1e-6), (a["step"], a["split"], name)

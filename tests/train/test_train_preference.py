@@ -95,3 +95,21 @@ def test_the_preflight_stops_data_that_cannot_teach(tmp_path, base, problem, mes
     data = write_jsonl(tmp_path / "bad.jsonl", problem)
     with pytest.raises(ValueError, match=message):
         finetune(tmp_path, base, "dpo", data)
+
+
+def test_running_means_gathered_over_ranks_are_the_means_of_all_values():
+    import torch
+
+    from lmforge.train.preference import RunningMeans
+
+    ranks = [RunningMeans(), RunningMeans()]
+    ranks[0].add("train", {"reward": torch.tensor([1.0, 2.0, 3.0])})
+    ranks[1].add("train", {"reward": torch.tensor([10.0])})
+    ranks[1].add("val", {"reward": torch.tensor([4.0, 6.0])})
+    with ranks[0].ignoring():  # a padding repeat: left out
+        ranks[0].add("val", {"reward": torch.tensor([100.0])})
+    totals = []
+    for means in ranks:  # what gather_objects hands back: every rank's totals (collected here one by one)
+        means.take(gather=lambda own: totals.append(own) or [own])
+    gathered = RunningMeans().take(gather=lambda own: totals)
+    assert gathered == {"train": {"reward": 16.0 / 4}, "val": {"reward": 5.0}}

@@ -225,5 +225,5 @@ class GRPOLoss:
                 "entropy": per_row(entropy)})
         return (per_token * mask).sum()
 
-    def take_metrics(self) -> dict[str, dict[str, float]]:
-        return self.stats.take()
+    def take_metrics(self, gather=None) -> dict[str, dict[str, float]]:
+        return self.stats.take(gather)

@@ -17,6 +17,7 @@ model wrapped by DDP or sharded by FSDP (lmforge.distributed). Three rules keep 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import signal
@@ -274,22 +275,29 @@ class Trainer:
         """Mean per-token loss on up to eval_steps validation batches (None without validation data)."""
         if self.val_batches is None:
             return None
-        self.model.eval()
+        # The module forward runs on (a DDP wrapper, a compiled model) has a training flag of its own, which an
+        # objective reads to tell validation from training: switch that one (it switches the model inside).
+        self.forward_model.eval()
         loss_sum, n = 0.0, 0
         batches = self.val_batches.eval_batches(self.cfg.eval_steps)
         # Each rank evaluates every world_size-th batch; the sums below add the ranks' parts.
         for batch, counts in round_robin(batches, self.env.rank, self.env.world_size):
             batch = [t.to(self.device) for t in batch]
-            with autocast(self.device, self.precision):
+            with autocast(self.device, self.precision), self._objective_stats(counts):
                 loss = self.loss_fn(self.forward_model, *batch)
             if counts:
                 loss_sum += loss.item()
                 n += int(count_targets(batch[-1]))
-        self.model.train()
+        self.forward_model.train()
         if self.env.is_distributed:
             totals = sum_across_ranks(torch.tensor([loss_sum, n], dtype=torch.float64, device=self.device))
             loss_sum, n = totals[0].item(), int(totals[1].item())
         return loss_sum / n if n else None
+
+    def _objective_stats(self, counts: bool):
+        """Where the objective's own statistics go: kept, or left out for a batch that does not count."""
+        stats = getattr(self.loss_fn, "stats", None)
+        return contextlib.nullcontext() if counts or stats is None else stats.ignoring()
 
     def _benchmark_due(self, last: bool) -> bool:
         interval = self.cfg.eval_tasks_interval
@@ -400,7 +408,7 @@ class Trainer:
 
     def fit(self) -> TrainResult:
         cfg, s = self.cfg, self.state
-        self.model.train()
+        self.forward_model.train()
         bar = tqdm(total=self.total_steps, initial=s.step, desc="train", unit="step", dynamic_ncols=True,
                    mininterval=0.5 if sys.stderr.isatty() else 15.0, disable=not self.env.is_main)
         window_loss, window_steps = torch.zeros((), device=self.device), 0
@@ -528,9 +536,9 @@ class Trainer:
 
     def _log(self, val_loss: float | None, tokens_per_sec: float | None) -> None:
         # An objective may keep statistics of its own (DPO: rewards and their accuracy); every rank takes
-        # them, so they do not pile up, and rank 0 logs its own.
+        # them, and they are gathered so that the means rank 0 logs cover every rank's examples.
         take_metrics = getattr(self.loss_fn, "take_metrics", None)
-        objective = take_metrics() if take_metrics is not None else {}
+        objective = take_metrics(gather_objects) if take_metrics is not None else {}
         if self.metrics is None:  # not rank 0
             return
         self.metrics.log_objective(self.state.step, objective)

@@ -25,6 +25,8 @@ batches (the model's mode tells them apart).
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -48,18 +50,41 @@ class RunningMeans:
     def __init__(self):
         self._sums: dict[str, dict[str, float]] = {"train": defaultdict(float), "val": defaultdict(float)}
         self._counts = {"train": 0, "val": 0}
+        self._ignoring = False
 
     def add(self, split: str, values: dict[str, torch.Tensor]) -> None:
+        if self._ignoring:
+            return
         for name, value in values.items():
             self._sums[split][name] += float(value.detach().double().sum())
         self._counts[split] += len(next(iter(values.values())))
 
-    def take(self) -> dict[str, dict[str, float]]:
-        """{"train": {name: mean}, "val": {...}} of the splits seen since the last call; then start afresh."""
-        means = {split: {name: total / self._counts[split] for name, total in sums.items()}
-                 for split, sums in self._sums.items() if self._counts[split]}
+    @contextmanager
+    def ignoring(self) -> Iterator[None]:
+        """Values added inside are left out: a distributed validation pads a rank's share with a repeated batch
+        (distributed.collectives.round_robin), which must not count twice."""
+        self._ignoring = True
+        try:
+            yield
+        finally:
+            self._ignoring = False
+
+    def take(self, gather: Callable[[object], list] | None = None) -> dict[str, dict[str, float]]:
+        """{"train": {name: mean}, "val": {...}} of the splits seen since the last call; then start afresh.
+
+        gather (distributed.collectives.gather_objects) collects every rank's sums and counts, so that in a
+        distributed run the means cover all ranks' examples (every rank must call take then)."""
+        totals = {split: (self._counts[split], dict(self._sums[split])) for split in self._counts}
         self.__init__()
-        return means
+        sums: dict[str, dict[str, float]] = {split: defaultdict(float) for split in totals}
+        counts = dict.fromkeys(totals, 0)
+        for part in gather(totals) if gather is not None else [totals]:
+            for split, (count, named) in part.items():
+                counts[split] += count
+                for name, total in named.items():
+                    sums[split][name] += total
+        return {split: {name: total / counts[split] for name, total in named.items()}
+                for split, named in sums.items() if counts[split]}
 
 
 class DPOLoss:
@@ -91,8 +116,8 @@ class DPOLoss:
             "logps_chosen": logps_chosen, "logps_rejected": logps_rejected})
         return losses.sum()
 
-    def take_metrics(self) -> dict[str, dict[str, float]]:
-        return self.stats.take()
+    def take_metrics(self, gather=None) -> dict[str, dict[str, float]]:
+        return self.stats.take(gather)
 
 
 class ORPOLoss:
@@ -131,8 +156,8 @@ class ORPOLoss:
         # loop's division by the pairs gives back nll - beta x mean(log sigmoid(log odds)).
         return n_pairs * nll - self.beta * ratio.sum()
 
-    def take_metrics(self) -> dict[str, dict[str, float]]:
-        return self.stats.take()
+    def take_metrics(self, gather=None) -> dict[str, dict[str, float]]:
+        return self.stats.take(gather)
 
 
 def _log1mexp(a: torch.Tensor) -> torch.Tensor:
