@@ -26,7 +26,7 @@ import torch
 
 from ..model.chunked_loss import IGNORE_INDEX
 from ..tokenizer.base import Tokenizer
-from .sft import ExampleBatches, SFTExample, _pad, _read_records
+from .sft import ExampleBatches, SFTExample, pad_rows, read_records
 from .templates import ChatTemplate, Message, render_for_training
 
 PREFERENCE_FORMATS = {
@@ -48,7 +48,7 @@ class PreferencePair:
 def load_preference_pairs(path: str | Path, format: str = "auto") -> list[PreferencePair]:
     """Read a JSON array or JSONL file of preference records (module docstring); one pair per record."""
     path = Path(path)
-    records = _read_records(path)
+    records = read_records(path)
     if format == "auto":
         format = next((f for f, keys in PREFERENCE_FORMATS.items() if keys <= records[0].keys()), None)
         if format is None:
@@ -208,9 +208,9 @@ class PreferenceBatches(ExampleBatches):
     def _collate(self, items: np.ndarray) -> tuple[torch.Tensor, ...]:
         pairs = [self.pairs[i] for i in items]
         sides = [p.chosen for p in pairs] + [p.rejected for p in pairs]
-        x = _pad([s.input_ids[:-1] for s in sides], self.pad_id)
-        y = _pad([s.labels[1:] for s in sides], IGNORE_INDEX)
-        y_all = _pad([s.input_ids[1:] for s in sides], IGNORE_INDEX)  # the prompt's tokens as targets too
+        x = pad_rows([s.input_ids[:-1] for s in sides], self.pad_id)
+        y = pad_rows([s.labels[1:] for s in sides], IGNORE_INDEX)
+        y_all = pad_rows([s.input_ids[1:] for s in sides], IGNORE_INDEX)  # the prompt's tokens as targets too
         ref = [p.ref_logps or (0.0, 0.0) for p in pairs]
         ref_logps = torch.tensor([r[0] for r in ref] + [r[1] for r in ref], dtype=torch.float64)
         return x, y, y_all, ref_logps, torch.zeros(len(pairs), dtype=torch.long)

@@ -65,7 +65,7 @@ MESSAGE_ROLES = {"system", "user", "assistant"}
 def load_sft_examples(path: str | Path, format: str = "auto") -> list[list[Message]]:
     """Read a JSON array or JSONL file of records in one of SFT_FORMATS; return one conversation per record."""
     path = Path(path)
-    records = _read_records(path)
+    records = read_records(path)
     if format != "auto" and format not in SFT_FORMATS:
         raise ValueError(f"unknown SFT format {format!r}: use 'auto' or one of {list(SFT_FORMATS)}")
     if format == "auto":
@@ -78,7 +78,9 @@ def detect_sft_format(record: dict) -> str | None:
     return next((format for format, keys in FORMAT_KEYS.items() if keys <= record.keys()), None)
 
 
-def _read_records(path: Path) -> list[dict]:
+def read_records(path: Path) -> list[dict]:
+    """The JSON objects of a JSON array file or a JSON Lines file (instruction, preference and prompt data alike);
+    a ValueError names the file and the line or record that is not one."""
     text = path.read_text(encoding="utf-8")
     if text.lstrip().startswith("["):
         records = json.loads(text)
@@ -460,10 +462,10 @@ class SFTBatches(ExampleBatches):
             rows = [_packed_row([self.examples[i] for i in self.rows[item]]) for item in items]
             x, y, segments = zip(*rows)
             # Targets last, as in every batch the loop sees: (x, segment_ids, y).
-            return _pad(x, self.pad_id), _pad(segments, 0), _pad(y, IGNORE_INDEX)
+            return pad_rows(x, self.pad_id), pad_rows(segments, 0), pad_rows(y, IGNORE_INDEX)
         chosen = [self.examples[i] for i in items]
-        return (_pad([example.input_ids[:-1] for example in chosen], self.pad_id),
-                _pad([example.labels[1:] for example in chosen], IGNORE_INDEX))
+        return (pad_rows([example.input_ids[:-1] for example in chosen], self.pad_id),
+                pad_rows([example.labels[1:] for example in chosen], IGNORE_INDEX))
 
 
 def _check_examples(examples: Sequence[SFTExample], block_size: int | None, pack: bool) -> None:
@@ -508,7 +510,7 @@ def pack_examples(lengths: list[int], capacity: int) -> list[list[int]]:
     return [sorted(row) for row in rows]
 
 
-def _pad(rows: Sequence[Sequence[int]], value: int) -> torch.Tensor:
+def pad_rows(rows: Sequence[Sequence[int]], value: int) -> torch.Tensor:
     """(len(rows), longest) int64 tensor, each row right-padded with `value`."""
     padded = torch.full((len(rows), max(len(row) for row in rows)), value, dtype=torch.long)
     for i, row in enumerate(rows):

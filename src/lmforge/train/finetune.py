@@ -23,7 +23,7 @@ from ..adapt.qlora import quantize_model
 from ..data.classify import ClassifyBatches, balance, class_weights, load_labelled, stratified_split
 from ..data.config import DataConfig
 from ..data.loader import TokenBatches
-from ..data.sft import (SFTBatches, _read_records, drop_truncated_answers, load_sft_examples, preflight,
+from ..data.sft import (SFTBatches, drop_truncated_answers, load_sft_examples, preflight, read_records,
                         split_examples, tokenize_conversation)
 from ..data.preference import PreferenceBatches, load_preference_pairs, tokenize_pairs, with_reference_logps
 from ..data.templates import TEMPLATES, render
@@ -262,7 +262,7 @@ def _grpo(model, tokenizer, base_dir, data_cfg, train_cfg, ft, ingest_cfg) -> Ta
         raise ValueError(f"finetune.grpo.template: unknown {settings.template!r}; choose {', '.join(TEMPLATES)}")
     template = TEMPLATES[settings.template]
     rewards = load_reward_functions(settings.rewards)
-    records = _read_records(path)
+    records = read_records(path)
     prompts = []
     for index, record in enumerate(records):
         prompt = record.get("prompt")

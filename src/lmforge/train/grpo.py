@@ -31,7 +31,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..data.sft import ExampleBatches, _pad
+from ..data.sft import ExampleBatches, pad_rows
 from ..adapt.lora import adapters_disabled
 from ..generate.engine import evaluation_mode, generate_tokens
 from ..generate.params import SamplingParams
@@ -140,9 +140,9 @@ class GroupSampler(ExampleBatches):
                                dtype=torch.float32)
         advantages = group_advantages(rewards.view(-1, group)).flatten()
         sequences = [self.prompts[i] + completion for i, completion in zip(rows, completions)]
-        x = _pad([s[:-1] for s in sequences], self.tokenizer.eot_id)
-        y = _pad([[IGNORE_INDEX] * (len(self.prompts[i]) - 1) + completion for i, completion in zip(rows, completions)],
-                 IGNORE_INDEX)
+        x = pad_rows([s[:-1] for s in sequences], self.tokenizer.eot_id)
+        targets = [[IGNORE_INDEX] * (len(self.prompts[i]) - 1) + completion for i, completion in zip(rows, completions)]
+        y = pad_rows(targets, IGNORE_INDEX)
         ref_logps = self._reference_logps(x, y)
         return x, advantages, rewards, ref_logps, y
 
