@@ -50,6 +50,23 @@ def test_the_probe_leaves_no_trace(monkeypatch):
     assert all(p.grad is None for p in model.parameters())
 
 
+def test_the_probe_leaves_no_trace_in_an_objectives_statistics(monkeypatch):
+    """DPO counts rewards per batch it sees; the probe's passes are not training and must not be counted."""
+    from lmforge.train.preference import DPOLoss
+
+    monkeypatch.setattr(precision_module, "cpu_supports_bf16", lambda: True)
+    model, (x, _) = tiny_model_and_batch()
+    y = x.clone()
+    y[:, :8] = -100  # the prompt: not a target
+    loss_fn = DPOLoss(beta=0.1)
+    batch = (x, y, x, torch.zeros(2), torch.tensor([[0, 1]]))  # one pair: row 0 chosen, row 1 rejected
+    loss_fn(model, *batch)
+    counted = loss_fn.take_metrics()
+    assert set(counted) == {"train"}  # the objective does count the batches it is given
+    choose_precision("auto", model, batch, CPU, loss_fn)
+    assert loss_fn.take_metrics() == {}
+
+
 def test_a_resumed_run_keeps_the_precision_it_started_with(tmp_path):
     from lmforge.model.config import ModelConfig
     from lmforge.tokenizer import CharTokenizer

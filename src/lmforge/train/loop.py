@@ -48,7 +48,7 @@ from .budget import (MIN_MEASURED_STEPS_SLOW, PeriodicWork, StepClock, corrected
 from .compile import maybe_compile
 from .diagnose import write_diagnosis
 from .metrics import MetricsLog
-from .objectives import count_targets, lm_loss_sum
+from .objectives import count_targets, lm_loss_sum, statistics_left_out
 from .optim import build_optimizer, decay_progress, lr_at
 from .plots import write_plots
 from .state import TrainState, capture_rng, restore_rng
@@ -283,7 +283,8 @@ class Trainer:
         # Each rank evaluates every world_size-th batch; the sums below add the ranks' parts.
         for batch, counts in round_robin(batches, self.env.rank, self.env.world_size):
             batch = [t.to(self.device) for t in batch]
-            with autocast(self.device, self.precision), self._objective_stats(counts):
+            repeat = contextlib.nullcontext() if counts else statistics_left_out(self.loss_fn)  # see round_robin
+            with autocast(self.device, self.precision), repeat:
                 loss = self.loss_fn(self.forward_model, *batch)
             if counts:
                 loss_sum += loss.item()
@@ -293,11 +294,6 @@ class Trainer:
             totals = sum_across_ranks(torch.tensor([loss_sum, n], dtype=torch.float64, device=self.device))
             loss_sum, n = totals[0].item(), int(totals[1].item())
         return loss_sum / n if n else None
-
-    def _objective_stats(self, counts: bool):
-        """Where the objective's own statistics go: kept, or left out for a batch that does not count."""
-        stats = getattr(self.loss_fn, "stats", None)
-        return contextlib.nullcontext() if counts or stats is None else stats.ignoring()
 
     def _benchmark_due(self, last: bool) -> bool:
         interval = self.cfg.eval_tasks_interval

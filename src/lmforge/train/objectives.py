@@ -11,11 +11,20 @@ A batch is a tuple of tensors whose last one holds the targets; the loop calls
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
 
 from ..data.sft import packed_attention_mask, packed_positions
 from ..model.chunked_loss import IGNORE_INDEX  # label of positions that do not count (padding, masked prompts)
+
+
+def statistics_left_out(loss_fn) -> contextlib.AbstractContextManager:
+    """A block whose batches an objective's own statistics (DPO rewards, GRPO KL: `loss_fn.stats`) leave out:
+    passes that are not part of training or validation, such as the precision probe's or a padding repeat."""
+    stats = getattr(loss_fn, "stats", None)
+    return stats.ignoring() if stats is not None else contextlib.nullcontext()
 
 
 def lm_loss_sum(model: torch.nn.Module, x: torch.Tensor, *rest: torch.Tensor) -> torch.Tensor:

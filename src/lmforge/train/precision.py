@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from ..utils.device import CPU_BF16_MIN_PARAMS, autocast, cpu_supports_bf16, resolve_precision
+from .objectives import statistics_left_out
 
 PROBE_STEPS = 3
 
@@ -33,7 +34,8 @@ def choose_precision(requested: str, model: torch.nn.Module, batch: tuple[torch.
         return "fp32", "auto: this CPU has no native bf16"
     if n_params >= CPU_BF16_MIN_PARAMS:
         return "bf16", f"auto: {n_params / 1e6:.0f}M parameters, matmuls dominate"
-    with torch.random.fork_rng():  # dropout in the probe must not shift the run's random stream
+    # Dropout in the probe must not shift the run's random stream, nor its passes count in an objective's statistics.
+    with torch.random.fork_rng(), statistics_left_out(loss_fn):
         timings = {p: step_time(model, batch, device, p, loss_fn) for p in ("fp32", "bf16")}
     chosen = min(timings, key=timings.get)
     return chosen, "auto: probe " + ", ".join(f"{p} {t * 1000:.1f} ms/step" for p, t in timings.items())
