@@ -63,8 +63,9 @@ def test_both_references_are_the_starting_model_while_the_policy_moves_on():
     x = torch.tensor([TOKENIZER.encode("abba")])
     for adapters in (False, True):
         policy = tiny_policy()
+        policy.set_dropout(0.3)  # a reference must not drop anything, whatever mode the policy trains in
         with torch.no_grad():
-            start = policy(x)
+            start = policy.eval()(x)
         reference = FrozenCopy(policy)
         if adapters:
             apply_lora(policy, ("q", "v", "up", "down"), r=2, alpha=4, dropout=0.5)
@@ -78,7 +79,7 @@ def test_both_references_are_the_starting_model_while_the_policy_moves_on():
         with torch.no_grad():
             assert not torch.allclose(policy.eval()(x), start, atol=1e-3)
         policy.train()
-        assert torch.allclose(reference(x), start, atol=1e-6)
+        assert torch.allclose(reference(x), start, atol=1e-6) and torch.equal(reference(x), reference(x))
         assert policy.training  # the reference's eval mode (no adapter dropout) ends with the call
 
 

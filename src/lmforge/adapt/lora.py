@@ -310,18 +310,20 @@ def lora_layers(model: nn.Module) -> dict[str, LoRALinear]:
 @contextmanager
 def adapters_disabled(model: nn.Module) -> Iterator[None]:
     """The model computes its base alone for the duration (peft's disable_adapter): with fresh adapters
-    (B = 0) that is the model as training started, so RL and preference tuning get their reference
-    model for free instead of a second copy of the weights. A merged update cannot be switched off."""
+    (B = 0) that is the model as training started, so GRPO gets its reference model for free instead of
+    a second copy of the weights (not quite: modules trained beside the adapters, apply_lora's
+    also_train, stay as trained). A merged update cannot be switched off."""
     layers = list(lora_layers(model).values())
     if any(layer.merged for layer in layers):
         raise ValueError("adapters_disabled: the adapters are merged into the base weights; unmerge them first")
+    before = [layer.disabled for layer in layers]  # restored, not reset: blocks may nest
     for layer in layers:
         layer.disabled = True
     try:
         yield
     finally:
-        for layer in layers:
-            layer.disabled = False
+        for layer, was in zip(layers, before):
+            layer.disabled = was
 
 
 def lora_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:

@@ -10,7 +10,8 @@ class DataConfig:
     """The corpus and its tokenizer."""
 
     path: list[str] | None = field(default=None, metadata={
-        "help": "files/folders of text, or a prepared data folder; null = built-in demo corpus (Python's stdlib)"})
+        "help": "files/folders of text, or a prepared data folder; null = built-in demo corpus (the Python "
+                "source of the standard library and PyTorch)"})
     tokenizer: str = field(default="bpe", metadata={
         "help": "char | bpe (trained on the corpus) | gpt2 | PATH to a tokenizer folder or tokenizer.json"})
     vocab_size: int = field(default=4096, metadata={"help": "vocabulary size when training a bpe tokenizer"})
@@ -21,7 +22,7 @@ class DataConfig:
         "help": "where raw paths are prepared into token shards (reused while the files are unchanged)"})
     default_corpus_bytes: int = field(default=64_000_000, metadata={
         "help": "size cap of the built-in demo corpus (64 MB takes all of the standard library's and PyTorch's "
-                "Python source but tests: about 47 MB with Python 3.11 and torch 2.13)"})
+                "Python source but tests: about 46 MB with Python 3.11 and torch 2.13)"})
 
     def validate(self) -> None:
         if not 0.0 <= self.val_fraction < 1.0:

@@ -63,11 +63,11 @@ class RunningMeans:
     def ignoring(self) -> Iterator[None]:
         """Values added inside are left out: a distributed validation pads a rank's share with a repeated batch
         (distributed.collectives.round_robin), which must not count twice."""
-        self._ignoring = True
+        before, self._ignoring = self._ignoring, True
         try:
             yield
         finally:
-            self._ignoring = False
+            self._ignoring = before  # restored, not reset: blocks may nest
 
     def take(self, gather: Callable[[object], list] | None = None) -> dict[str, dict[str, float]]:
         """{"train": {name: mean}, "val": {...}} of the splits seen since the last call; then start afresh.
