@@ -31,8 +31,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..data.sft import ExampleBatches, pad_rows
 from ..adapt.lora import adapters_disabled
+from ..data.sft import ExampleBatches, pad_rows
 from ..generate.engine import evaluation_mode, generate_tokens
 from ..generate.params import SamplingParams
 from ..model.chunked_loss import IGNORE_INDEX

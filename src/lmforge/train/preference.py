@@ -48,9 +48,12 @@ class RunningMeans:
     """Means of named per-pair values since they were last taken, for training and validation apart."""
 
     def __init__(self):
+        self._clear()
+        self._ignoring = False
+
+    def _clear(self) -> None:
         self._sums: dict[str, dict[str, float]] = {"train": defaultdict(float), "val": defaultdict(float)}
         self._counts = {"train": 0, "val": 0}
-        self._ignoring = False
 
     def add(self, split: str, values: dict[str, torch.Tensor]) -> None:
         if self._ignoring:
@@ -75,7 +78,7 @@ class RunningMeans:
         gather (distributed.collectives.gather_objects) collects every rank's sums and counts, so that in a
         distributed run the means cover all ranks' examples (every rank must call take then)."""
         totals = {split: (self._counts[split], dict(self._sums[split])) for split in self._counts}
-        self.__init__()
+        self._clear()
         sums: dict[str, dict[str, float]] = {split: defaultdict(float) for split in totals}
         counts = dict.fromkeys(totals, 0)
         for part in gather(totals) if gather is not None else [totals]:
