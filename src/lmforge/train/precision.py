@@ -41,6 +41,14 @@ def choose_precision(requested: str, model: torch.nn.Module, batch: tuple[torch.
     return chosen, "auto: probe " + ", ".join(f"{p} {t * 1000:.1f} ms/step" for p, t in timings.items())
 
 
+def candidate_precisions(requested: str, device: torch.device) -> tuple[str, ...]:
+    """The precisions a run may end up training in: what `choose_precision` picks from. The size probe
+    (train/sizing.py) times each model in each of them, so it sizes for the speed the run will have."""
+    if requested == "auto" and device.type == "cpu" and cpu_supports_bf16():
+        return ("fp32", "bf16")
+    return (resolve_precision(requested, device, n_params=0),)
+
+
 def run_precision(requested: str, model: torch.nn.Module, probe_batch: Callable[[], tuple[torch.Tensor, ...]],
                   device: torch.device, loss_fn: Callable, run_dir, resume: str,
                   distributed: bool) -> tuple[str, str]:

@@ -34,7 +34,7 @@ from .config import TrainConfig
 from .loop import Benchmark, Trainer, TrainResult
 from .objectives import lm_loss_sum
 from .optim import build_optimizer
-from .precision import run_precision
+from .precision import candidate_precisions, run_precision
 from .run_folder import claim_run_folder
 from .sizing import TOKENS_PER_PARAM, ladder_config, pick_model_size
 
@@ -149,10 +149,14 @@ def size_to_budget(model_cfg: ModelConfig, train_cfg: TrainConfig, data_dir: Pat
     batch = next(iter(probe.eval_batches(1)))
     step_tokens = train_cfg.batch_size * train_cfg.grad_accum_steps * model_cfg.block_size
     sized = with_vocab(model_cfg, vocab_size)
-    chosen, trials = pick_model_size(sized, batch, seconds_left, lambda m: build_optimizer(m, train_cfg, device),
-                                     step_tokens, device)
-    tried = ", ".join(f"{t.n_layer}x{t.n_embd} {t.seconds_per_step * 1000:.0f} ms/step ({t.tokens_per_param:.0f} "
-                      f"tokens/param)" for t in trials)
+    precisions = candidate_precisions(train_cfg.precision, device)
+    with torch.random.fork_rng():  # the probe's models must not move the run's random stream (its weights)
+        chosen, trials = pick_model_size(sized, batch, seconds_left,
+                                         lambda m: build_optimizer(m, train_cfg, device), step_tokens, device,
+                                         precisions)
+    tried = ", ".join(f"{t.n_layer}x{t.n_embd} {t.seconds_per_step * 1000:.0f} ms/step"
+                      + (f" {t.precision}" if len(precisions) > 1 else "")
+                      + f" ({t.tokens_per_param:.0f} tokens/param)" for t in trials)
     print(f"model: fit_to_budget picked {chosen.n_layer} layers x {chosen.n_embd} wide for {seconds_left:.0f} s "
           f"(probe: {tried}; wanted >= {TOKENS_PER_PARAM} tokens per parameter)")
     return replace(chosen, vocab_size=model_cfg.vocab_size)

@@ -15,6 +15,7 @@ Measured on the demo (2-core AVX2 CPU, 130 s budgets): a 3 x 96 model reached a 
 
 from __future__ import annotations
 
+import statistics
 import time
 from dataclasses import dataclass, replace
 
@@ -22,13 +23,15 @@ import torch
 
 from ..model.config import ModelConfig
 from ..model.gpt import GPT
+from ..utils.device import autocast
 from .objectives import lm_loss_sum
 
 # (n_layer, n_embd) from small to large; heads are 32 wide, as in the gpt2-tiny preset.
 SIZE_LADDER = ((2, 64), (3, 96), (4, 128), (6, 192), (8, 256), (12, 384))
 HEAD_DIM = 32
 TOKENS_PER_PARAM = 20
-PROBE_STEPS = 3          # timed steps per candidate, after one untimed step (memory allocation)
+WARMUP_STEPS = 2         # untimed steps per candidate: the first ones allocate memory and choose kernels
+PROBE_STEPS = 3          # timed steps per candidate and precision; their median is the step time
 TRAINING_SHARE = 0.8     # of the budget left after the probe: the rest goes to evaluations, samples, the report
 
 
@@ -37,8 +40,9 @@ class SizeTrial:
     n_layer: int
     n_embd: int
     params: int              # outside the embeddings
-    seconds_per_step: float
+    seconds_per_step: float  # in the fastest of the precisions tried
     tokens_in_budget: float
+    precision: str = "fp32"  # the one that was fastest
 
     @property
     def tokens_per_param(self) -> float:
@@ -52,21 +56,25 @@ def ladder_config(base: ModelConfig, n_layer: int, n_embd: int) -> ModelConfig:
 
 def pick_model_size(base: ModelConfig, batch: tuple[torch.Tensor, torch.Tensor], seconds_left: float,
                     make_optimizer, step_tokens: int, device: torch.device = torch.device("cpu"),
-                    ) -> tuple[ModelConfig, list[SizeTrial]]:
+                    precisions: tuple[str, ...] = ("fp32",)) -> tuple[ModelConfig, list[SizeTrial]]:
     """The largest ladder shape that sees TOKENS_PER_PARAM tokens per parameter in `seconds_left`.
 
     `batch` is one real micro-batch (inputs, targets); `make_optimizer(model)` builds the run's optimizer;
-    `step_tokens` is the tokens of one optimizer step. Returns the chosen config and every trial, in order.
-    The steps are timed in fp32; a run that then picks bf16 is faster than the probe assumed, and its time
-    budget (train/budget.py) simply fits more steps.
+    `step_tokens` is the tokens of one optimizer step; `precisions` are the ones the run may train in
+    (train/precision.py `candidate_precisions`): each shape is timed in each and counted at the fastest,
+    since the run's own precision probe keeps the faster one. Timing only fp32 made an AMX Xeon, where
+    bf16 ran the 2 x 64 and 3 x 96 models 1.15-1.3x faster, pick a smaller model than it could train.
+    Returns the chosen config and every trial, in order.
     """
     started, trials = time.perf_counter(), []
     for n_layer, n_embd in SIZE_LADDER:
         config = ladder_config(base, n_layer, n_embd)
-        seconds_per_step, model_params = _time_steps(config, batch, make_optimizer, device)
+        timings = {p: _time_steps(config, batch, make_optimizer, device, p) for p in precisions}
+        fastest = min(timings, key=lambda p: timings[p][0])
+        seconds_per_step, model_params = timings[fastest]
         budget = (seconds_left - (time.perf_counter() - started)) * TRAINING_SHARE
         trials.append(SizeTrial(n_layer, n_embd, model_params, seconds_per_step,
-                                budget / seconds_per_step * step_tokens))
+                                budget / seconds_per_step * step_tokens, fastest))
         if trials[-1].tokens_per_param < TOKENS_PER_PARAM:
             break
     fitting = [t for t in trials if t.tokens_per_param >= TOKENS_PER_PARAM] or trials[:1]
@@ -74,9 +82,11 @@ def pick_model_size(base: ModelConfig, batch: tuple[torch.Tensor, torch.Tensor],
     return ladder_config(base, chosen.n_layer, chosen.n_embd), trials
 
 
-def _time_steps(config: ModelConfig, batch, make_optimizer, device: torch.device) -> tuple[float, int]:
-    """Seconds per training step (forward, backward, optimizer) of a fresh model of this shape, in fp32,
-    and the model's parameters outside the embeddings."""
+def _time_steps(config: ModelConfig, batch, make_optimizer, device: torch.device,
+                precision: str = "fp32") -> tuple[float, int]:
+    """Seconds per training step (forward, backward, optimizer) of a fresh model of this shape in
+    `precision`, and the model's parameters outside the embeddings. The median of the timed steps: the
+    first steps after the warm-up still vary by 20% on a 2-core VM (one slow step must not decide)."""
     model = GPT(config).to(device)
     model.train()
     optimizer = make_optimizer(model)
@@ -84,18 +94,22 @@ def _time_steps(config: ModelConfig, batch, make_optimizer, device: torch.device
     n_targets = targets.numel()
 
     def step():
-        loss = lm_loss_sum(model, inputs, targets) / n_targets
+        with autocast(device, precision):
+            loss = lm_loss_sum(model, inputs, targets) / n_targets
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    step()
-    _wait_for(device)
-    started = time.perf_counter()
-    for _ in range(PROBE_STEPS):
+    for _ in range(WARMUP_STEPS):
         step()
-    _wait_for(device)
-    return (time.perf_counter() - started) / PROBE_STEPS, model.num_params(exclude_embeddings=True)
+    seconds = []
+    for _ in range(PROBE_STEPS):
+        _wait_for(device)
+        started = time.perf_counter()
+        step()
+        _wait_for(device)
+        seconds.append(time.perf_counter() - started)
+    return statistics.median(seconds), model.num_params(exclude_embeddings=True)
 
 
 def _wait_for(device: torch.device) -> None:
