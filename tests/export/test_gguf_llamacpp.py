@@ -216,3 +216,18 @@ def test_export_reports_the_perplexity_change_measured_by_llama_cpp(checkpoints,
     assert re.search(rf"perplexity in llama.cpp on \d+ tokens of {re.escape(str(text))}: f32 \d+\.\d+ nats", printed)
     delta = float(re.search(r"q8_0: ([+-]\d+\.\d+) nats per token vs f32", printed).group(1))
     assert abs(delta) < 0.05
+
+
+@pytest.mark.parametrize("amx", [True, False])
+def test_on_an_amx_cpu_llama_cpp_keeps_the_weights_in_its_plain_buffers(amx, f32_files, monkeypatch):
+    """llama.cpp's AMX matmuls segfaulted on every q8_0/q4_0 file of the test above (2-core Xeon with AMX,
+    llama-cpp-python 0.3.36); its plain CPU buffers compute them correctly. Other CPUs keep the defaults."""
+    from lmforge.export import llamacpp_eval
+
+    monkeypatch.setattr(llamacpp_eval, "cpu_has_amx", lambda: amx)
+    llm = load_llama(f32_files["llama"], n_ctx=16)
+    try:
+        assert llm.model_params.use_extra_bufts is (not amx)
+    finally:
+        llm.close()
+    assert llama_cpp.llama_cpp.llama_model_default_params().use_extra_bufts  # the library's default is back

@@ -39,6 +39,29 @@ def test_loss_and_gradients_match_the_unchunked_loss(monkeypatch, rows_per_chunk
     assert h1.grad[0, :4].abs().max() == 0  # ignored positions get no gradient
 
 
+@pytest.mark.parametrize("vocab", [64, 65, 127])  # already a multiple of 64; 63 and 1 padding rows
+def test_the_vocabulary_padding_changes_neither_the_loss_nor_the_gradients(monkeypatch, vocab):
+    """The matmuls see the vocabulary padded to a multiple of 64 (aligned rows, fast GPU kernels); the padded
+    entries must get probability 0, and the weight's gradient keeps the weight's own shape."""
+    monkeypatch.setattr(chunked_loss, "chunk_rows", lambda vocab: 9)
+    shapes = []
+    real_log_softmax = torch.log_softmax
+    monkeypatch.setattr(chunked_loss.torch, "log_softmax",
+                        lambda x, **kw: (shapes.append(x.shape[-1]), real_log_softmax(x, **kw))[1])
+    hidden, weight, targets = inputs(seed=2, vocab=vocab)
+    targets[1, 0] = vocab - 1  # the last real token is a target too
+    h1, w1 = hidden.clone().requires_grad_(), weight.clone().requires_grad_()
+    h2, w2 = hidden.clone().requires_grad_(), weight.clone().requires_grad_()
+    loss, expected = linear_cross_entropy(h1, w1, targets), reference(h2, w2, targets)
+    assert set(shapes) == {-(-vocab // 64) * 64}
+    torch.testing.assert_close(loss, expected.float(), rtol=1e-6, atol=1e-6)
+    loss.backward()
+    expected.backward()
+    assert w1.grad.shape == weight.shape
+    torch.testing.assert_close(h1.grad, h2.grad, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(w1.grad, w2.grad, rtol=1e-5, atol=1e-6)
+
+
 def test_under_bf16_autocast_it_matches_the_autocast_reference(monkeypatch):
     monkeypatch.setattr(chunked_loss, "chunk_rows", lambda vocab: 8)
     hidden, weight, targets = (t.float() if t.is_floating_point() else t for t in inputs(seed=1))

@@ -6,6 +6,7 @@ the very file written, and by the tests that compare llama.cpp with lmforge.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 from pathlib import Path
@@ -45,8 +46,47 @@ def load_llama(gguf_file: str | Path, n_ctx: int, logits_all: bool = True, exact
 
     precise = dict(type_k=GGML_TYPE_F32, type_v=GGML_TYPE_F32, flash_attn=False) if exact else {}
     threads = threads or os.cpu_count() or 1
-    return Llama(model_path=str(gguf_file), n_ctx=n_ctx, n_batch=n_ctx, n_ubatch=n_ctx, logits_all=logits_all,
-                 n_gpu_layers=0, n_threads=threads, n_threads_batch=threads, verbose=False, **precise)
+    # llama.cpp's AMX matmuls crash on q8_0/q4_0 files (seen with llama-cpp-python 0.3.36 on a 2-core Xeon
+    # with AMX: a segfault in decode; llama.cpp issues #20824, and #16315 for wrong Q4_0 results). There
+    # the weights stay in the plain CPU buffers, which compute correctly; other CPUs keep their repacked ones.
+    plain_buffers = _without_extra_buffer_types() if cpu_has_amx() else contextlib.nullcontext()
+    with plain_buffers:
+        return Llama(model_path=str(gguf_file), n_ctx=n_ctx, n_batch=n_ctx, n_ubatch=n_ctx, logits_all=logits_all,
+                     n_gpu_layers=0, n_threads=threads, n_threads_batch=threads, verbose=False, **precise)
+
+
+def cpu_has_amx() -> bool:
+    """Whether this CPU has Intel AMX int8 tiles, which llama.cpp would use for quantized weights (Linux only:
+    elsewhere it reads False)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as cpuinfo:
+            flags = next((line for line in cpuinfo if line.startswith("flags")), "")
+    except OSError:
+        return False
+    return "amx_int8" in flags.split()
+
+
+@contextlib.contextmanager
+def _without_extra_buffer_types():
+    """Models loaded inside the block get llama.cpp's `use_extra_bufts = false` (its --no-extra-bufts: no AMX or
+    repacked weight buffers). llama-cpp-python's Llama takes no argument for it, so its defaults are patched."""
+    import llama_cpp.llama_cpp as api
+
+    defaults = api.llama_model_default_params
+    if "use_extra_bufts" not in dict(defaults()._fields_):  # an older llama.cpp without the switch
+        yield
+        return
+
+    def plain_params():
+        params = defaults()
+        params.use_extra_bufts = False
+        return params
+
+    api.llama_model_default_params = plain_params
+    try:
+        yield
+    finally:
+        api.llama_model_default_params = defaults
 
 
 def llamacpp_logits(llm, ids: list[int]) -> np.ndarray:

@@ -11,6 +11,12 @@ of the hidden states and of the output weight; then the chunk's logits are dropp
 kept for backward, which only scales them by the incoming gradient (the loss is a scalar). This is the
 approach of Liger Kernel's fused linear cross-entropy and Apple's Cut Cross-Entropy, in plain PyTorch.
 The matmuls are the same ones the unchunked loss does; what goes is the big buffer.
+
+The vocabulary is padded to a multiple of 64 inside the matmuls (zero rows in the weight, -inf in the
+padded logit columns, so the loss and gradients are unchanged). A logits row of GPT-2's 50,257 entries
+is not a multiple of 8 elements, and on an H200 cuBLAS then falls back to old unaligned kernels: the
+three output-layer matmuls of a GPT-2 124M step took 40 of its 81 ms of GPU time (bench/profile_step.py).
+nanoGPT pads its vocabulary to 50,304 for the same reason; here the model keeps its true size.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import torch
 
 IGNORE_INDEX = -100
 CHUNK_LOGITS = 1 << 24  # logits per chunk: 16M floats = 64 MB (smaller chunks make the matmuls slower)
+VOCAB_MULTIPLE = 64     # the matmuls see the vocabulary padded to this (aligned rows for the fast kernels)
 
 
 def chunk_rows(vocab_size: int) -> int:
@@ -75,11 +82,11 @@ class _LinearCrossEntropy(torch.autograd.Function):
 def _chunks(hidden, weight, targets, ignore_index, compute_dtype, grad_hidden_wanted, grad_weight_wanted):
     """(summed loss, d loss / d hidden or None, d loss / d weight or None), chunk by chunk."""
     n_rows, vocab = hidden.size(0), weight.size(0)
-    w = weight.to(compute_dtype)
+    w = padded_rows(weight.to(compute_dtype), VOCAB_MULTIPLE)
     loss = torch.zeros((), dtype=torch.float32, device=hidden.device)
     grad_hidden = torch.empty_like(hidden) if grad_hidden_wanted else None
     # Summed over chunks in the matmul dtype, as the unchunked backward's one product is rounded to it.
-    grad_weight = torch.empty(weight.shape, dtype=compute_dtype, device=weight.device) if grad_weight_wanted else None
+    grad_weight = torch.empty(w.shape, dtype=compute_dtype, device=weight.device) if grad_weight_wanted else None
     step = chunk_rows(vocab)
     for start in range(0, n_rows, step):
         rows = slice(start, start + step)
@@ -89,7 +96,9 @@ def _chunks(hidden, weight, targets, ignore_index, compute_dtype, grad_hidden_wa
         safe_t = torch.where(counts, t, 0)[:, None]  # any valid index; the row is zeroed below
         # One fused pass from the (possibly bf16) logits to fp32 log-probabilities; every pass over a
         # (rows, V) chunk costs about as much as a tenth of its matmul, so they are kept few.
-        log_probs = torch.log_softmax(h @ w.T, dim=-1, dtype=torch.float32)  # (n, V)
+        logits = h @ w.T  # (n, padded V)
+        logits[:, vocab:] = float("-inf")  # padding: probability 0, gradient 0
+        log_probs = torch.log_softmax(logits, dim=-1, dtype=torch.float32)
         loss -= (log_probs.gather(1, safe_t).squeeze(1) * counts).sum()
         if grad_hidden is None and grad_weight is None:
             continue
@@ -105,4 +114,10 @@ def _chunks(hidden, weight, targets, ignore_index, compute_dtype, grad_hidden_wa
             grad_hidden[rows] = (d_logits @ w).to(hidden.dtype)
         if grad_weight is not None:  # in place: no (V, C) temporary per chunk
             grad_weight.addmm_(d_logits.T, h, beta=0 if start == 0 else 1)
-    return loss, grad_hidden, grad_weight
+    return loss, grad_hidden, None if grad_weight is None else grad_weight[:vocab]
+
+
+def padded_rows(matrix: torch.Tensor, multiple: int) -> torch.Tensor:
+    """`matrix` with zero rows appended up to a multiple of `multiple` rows (itself if it has that already)."""
+    extra = -matrix.size(0) % multiple
+    return torch.cat([matrix, matrix.new_zeros(extra, matrix.size(1))]) if extra else matrix
