@@ -111,10 +111,10 @@ def torchao_int8(model) -> None:
 
 
 def llamacpp_runner(gguf: str, threads: int, context: int):
-    from llama_cpp import Llama
+    from lmforge.export.llamacpp_eval import load_llama  # llama.cpp's defaults, minus its AMX buffers on AMX CPUs
 
-    llm = Llama(model_path=gguf, n_ctx=context, n_threads=threads, n_threads_batch=threads, n_gpu_layers=0,
-                logits_all=True, verbose=False)  # scores[n_tokens - 1] then holds the last logits
+    # logits_all: scores[n_tokens - 1] then holds the last logits
+    llm = load_llama(gguf, n_ctx=context, logits_all=True, exact=False, threads=threads)
 
     def generate(prompt: torch.Tensor, n: int) -> list[int]:
         llm.reset()

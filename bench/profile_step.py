@@ -91,7 +91,8 @@ def main() -> None:
                and device_time_us(e) > 0]
     by_kind: dict[str, float] = {}
     for event in kernels:
-        by_kind[kind_of(event.key)] = by_kind.get(kind_of(event.key), 0.0) + device_time_us(event) / 1e3 / profiled_steps
+        kind = kind_of(event.key)
+        by_kind[kind] = by_kind.get(kind, 0.0) + device_time_us(event) / 1e3 / profiled_steps
     wall_ms = statistics.median(times) * 1e3
     report = {"compile": not args.no_compile, "batch": args.batch, "block": args.block, "plain_loss": args.plain_loss,
               "wall_ms_per_step": wall_ms, "gpu_kernel_ms_per_step": sum(by_kind.values()),
