@@ -23,13 +23,12 @@ from .generate_cmds import add_backend_flags, check_backend_flags
 
 
 def cmd_eval(args: argparse.Namespace, overrides: list[str]) -> int:
-    from tqdm import tqdm
-
     from ..data.config import DataConfig
     from ..eval.perplexity import evaluate, heldout_batches, heldout_dataset
     from ..export.llamacpp_backend import DEFAULT_QUANT
     from ..train.checkpoint import read_model_config
     from ..utils.device import resolve_device
+    from ..utils.progress import progress_bar
 
     if overrides:
         raise ValueError(f"unrecognised arguments: {' '.join(overrides)}")
@@ -51,7 +50,7 @@ def cmd_eval(args: argparse.Namespace, overrides: list[str]) -> int:
 
     def score(desc: str):
         batches, count = heldout_batches(data_dir, split, block_size, args.batch_size, args.max_batches)
-        return evaluate(model, tqdm(batches, total=count, desc=desc, unit="batch", file=sys.stderr), device)
+        return evaluate(model, progress_bar(batches, total=count, desc=desc, unit="batch"), device)
 
     result = score("evaluating")
     report = {"checkpoint": str(args.checkpoint), "data": str(data_dir), "split": split,

@@ -13,19 +13,17 @@ import json
 import math
 import os
 import shutil
-import sys
 import zlib
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict
 from pathlib import Path
-
-from tqdm import tqdm
 
 from lmforge.data.corpus import source_list
 from lmforge.ingest.config import IngestConfig
 from lmforge.ingest.pipeline import DOCUMENTS_FILE, ingest
 from lmforge.ingest.walk import iter_paths
 from lmforge.utils.files import file_sha1
+from lmforge.utils.progress import progress_bar
 from lmforge.data.shards import SPLITS, TokenFileWriter, is_prepared, split_path, token_dtype, write_meta
 from lmforge.tokenizer import Tokenizer, build_tokenizer
 
@@ -226,7 +224,7 @@ def _write_token_files(
     """Encode every document and append its tokens (plus EOT) to train.bin or val.bin; return the writers."""
     dtype = token_dtype(tokenizer.vocab_size)
     writers = {name: TokenFileWriter(split_path(work_dir, name), dtype) for name in SPLITS}
-    progress = tqdm(total=document_count, desc="encoding", unit="doc", file=sys.stderr)
+    progress = progress_bar(total=document_count, desc="encoding", unit="doc")
     try:
         for batch in _batches_by_size(enumerate(texts), ENCODE_BATCH_CHARS):
             pieces = [

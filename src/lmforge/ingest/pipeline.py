@@ -20,7 +20,6 @@ import json
 import logging
 import os
 import re
-import sys
 import time
 import traceback
 from collections import Counter
@@ -29,9 +28,8 @@ from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
 
-from tqdm import tqdm
-
 from ..utils.files import file_sha1
+from ..utils.progress import progress_bar
 from .boilerplate import BoilerplateFinder
 from .clean import PROSE_FORMATS, CleanStats, Drop, clean_or_drop, normalized
 from .config import IngestConfig
@@ -225,7 +223,7 @@ def ingest(sources: Sequence[str | Path], out_dir: str | Path, cfg: IngestConfig
         items = [w for w in walked if isinstance(w, WorkItem)]
         results = [FileResult(s.source, "", s.format, "skipped", s.reason) for s in walked
                    if isinstance(s, SkippedItem)]
-        bar = tqdm(total=len(items), desc="reading", unit="file", file=sys.stderr, disable=quiet)
+        bar = progress_bar(total=len(items), desc="reading", unit="file", disable=quiet)
         for result in _read_all(items, options, cache_dir, cfg, workers):
             results.append(result)
             bar.update(1)
@@ -256,7 +254,7 @@ def _clean_and_write(ok: list[FileResult], documents_path: Path, cfg: IngestConf
                     finder.observe(result.group, normalized(record, clean)[0])  # as pass two will see it
     dedup = Deduplicator(clean)
     stats = CleanStats()
-    bar = tqdm(total=sum(r.records for r in ok), desc="cleaning", unit="doc", file=sys.stderr, disable=quiet)
+    bar = progress_bar(total=sum(r.records for r in ok), desc="cleaning", unit="doc", disable=quiet)
     with open(documents_path, "w", encoding="utf-8") as out:
         for result in ok:
             for number, record in enumerate(cached_records(result), start=1):

@@ -21,7 +21,6 @@ import contextlib
 import json
 import math
 import signal
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -41,6 +40,7 @@ from ..generate.engine import evaluation_mode, generate_text
 from ..model.linear import drop_packed_weights
 from ..utils.device import autocast
 from ..utils.malloc import keep_freed_memory
+from ..utils.progress import progress_bar
 from . import checkpoint as ckpt
 from .config import TrainConfig
 from .budget import (MIN_MEASURED_STEPS_SLOW, PeriodicWork, StepClock, corrected_total_steps,
@@ -405,8 +405,8 @@ class Trainer:
     def fit(self) -> TrainResult:
         cfg, s = self.cfg, self.state
         self.forward_model.train()
-        bar = tqdm(total=self.total_steps, initial=s.step, desc="train", unit="step", dynamic_ncols=True,
-                   mininterval=0.5 if sys.stderr.isatty() else 15.0, disable=not self.env.is_main)
+        bar = progress_bar(total=self.total_steps, initial=s.step, desc="train", unit="step", dynamic_ncols=True,
+                           disable=not self.env.is_main)
         window_loss, window_steps = torch.zeros((), device=self.device), 0
         window_start, window_tokens = time.perf_counter(), s.tokens_seen
         session_start, elapsed_before = time.perf_counter(), s.elapsed
