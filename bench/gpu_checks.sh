@@ -7,7 +7,8 @@
 # transformers and lmforge's light dependencies must be there. Each step has its own time limit, and a
 # failing step does not stop the others. What each step checks:
 #   1. bench/cuda_checks.py: logits vs transformers (fp32, bf16), flash SDPA, KV cache, fused AdamW, decode speed
-#   2. bench/mfu.py: GPT-2 124M at block 1024, bf16, compiled, then eager (model FLOPs utilisation)
+#   2. bench/mfu.py: GPT-2 124M at block 1024, bf16, compiled, then eager (model FLOPs utilisation), and
+#      bench/profile_step.py: where the compiled step's GPU time goes (matmuls, attention, loss, optimizer)
 #   3. lmforge train on tiny shakespeare on the GPU: precision auto (bf16), fp16 with loss scaling, compiled
 #   4. lmforge generate from the trained checkpoint on the GPU
 #   5. the demo (`lmforge train`) with a 90 s budget: the size probe and the time budget on a GPU
@@ -42,7 +43,8 @@ step cuda_checks 120 python3 bench/cuda_checks.py --out "$out/cuda_checks.json"
 grep -E "^(logits|flash|kv_cache|fused|decode)" "$log"
 step mfu_compiled 150 python3 bench/mfu.py --out "$out/mfu_compiled.json"
 step mfu_eager 60 python3 bench/mfu.py --no-compile --steps 15 --warmup 3 --out "$out/mfu_eager.json"
-grep -E "MFU|ms/step" "$log" | tail -n 4
+step profile_compiled 90 python3 bench/profile_step.py --out "$out/profile_compiled.json"
+grep -E "MFU|wall .* ms/step" "$log" | tail -n 4
 step train_auto 80 "${shakespeare[@]}" --train.max_steps=1000 --train.out_dir="$runs/auto"
 step train_fp16 60 "${shakespeare[@]}" --train.max_steps=500 --train.precision=fp16 --train.out_dir="$runs/fp16"
 step train_compiled 75 "${shakespeare[@]}" --train.max_steps=500 --train.compile=true --train.out_dir="$runs/compiled"

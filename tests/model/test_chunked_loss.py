@@ -41,9 +41,10 @@ def test_loss_and_gradients_match_the_unchunked_loss(monkeypatch, rows_per_chunk
 
 @pytest.mark.parametrize("vocab", [64, 65, 127])  # already a multiple of 64; 63 and 1 padding rows
 def test_the_vocabulary_padding_changes_neither_the_loss_nor_the_gradients(monkeypatch, vocab):
-    """The matmuls see the vocabulary padded to a multiple of 64 (aligned rows, fast GPU kernels); the padded
-    entries must get probability 0, and the weight's gradient keeps the weight's own shape."""
+    """On a GPU the matmuls see the vocabulary padded to a multiple of 64 (aligned rows, fast kernels); the padded
+    entries must get probability 0, and the weight's gradient keeps the weight's own shape. Forced on here."""
     monkeypatch.setattr(chunked_loss, "chunk_rows", lambda vocab: 9)
+    monkeypatch.setitem(chunked_loss.VOCAB_MULTIPLE, "cpu", 64)
     shapes = []
     real_log_softmax = torch.log_softmax
     monkeypatch.setattr(chunked_loss.torch, "log_softmax",

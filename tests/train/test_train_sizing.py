@@ -88,6 +88,39 @@ def test_the_precisions_the_probe_tries_are_the_ones_the_run_may_choose(monkeypa
     assert precision.candidate_precisions("auto", cpu) == ("fp32",)
     with pytest.raises(ValueError, match="fp16 needs a CUDA GPU"):
         precision.candidate_precisions("fp16", cpu)
+    # On a GPU, auto is the GPU's half precision, as the run will resolve it (no probe there).
+    cuda = torch.device("cuda")
+    for supported, expected in ((True, ("bf16",)), (False, ("fp16",))):
+        monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, s=supported, **kwargs: s)
+        assert precision.candidate_precisions("auto", cuda) == expected
+    assert precision.candidate_precisions("auto", torch.device("mps")) == ("fp32",)
+
+
+def test_the_run_trains_in_the_precision_its_shape_was_sized_for(tmp_path, monkeypatch):
+    """With train.precision auto the probe times both precisions; the run then uses the faster one for the chosen
+    shape (a second probe could pick the other when they are close, and the model would be sized too big)."""
+    from lmforge.train import pretrain
+
+    class OneBatch:
+        def __init__(self, *args, **kwargs):
+            pass
+
+        def eval_batches(self, n):
+            yield torch.zeros(8, 16, dtype=torch.long), torch.zeros(8, 16, dtype=torch.long)
+
+    timings = {"fp32": 0.004, "bf16": 0.003}
+    monkeypatch.setattr(pretrain, "TokenBatches", OneBatch)
+    monkeypatch.setattr(sizing, "_time_steps", lambda config, batch, make_optimizer, device, precision: (
+        timings[precision] * config.n_layer, sizing.GPT(config).num_params(exclude_embeddings=True)))
+    cfg = TrainConfig(out_dir=str(tmp_path / "run"), max_steps=None, max_time=60.0, reuse_memory=False)
+    monkeypatch.setattr(pretrain, "candidate_precisions", lambda requested, device: ("fp32", "bf16"))
+    chosen, measured = pretrain.size_to_budget(preset_config("gpt2-tiny"), cfg, tmp_path, 64, torch.device("cpu"), 9.0)
+    # By hand: 7.2 s of training, 16 x 256 = 4,096 tokens per step; 2x64 in bf16 (6 ms) sees 4.9M tokens = 49 per
+    # param; 3x96 (9 ms) 3.3M = 9.8, too few: 2x64 is chosen, and its faster precision with it.
+    assert (chosen.n_layer, chosen.n_embd) == (2, 64)
+    assert measured == ("bf16", "auto: the size probe's training steps, fp32 8.0 ms/step, bf16 6.0 ms/step")
+    monkeypatch.setattr(pretrain, "candidate_precisions", lambda requested, device: ("fp32",))
+    assert pretrain.size_to_budget(preset_config("gpt2-tiny"), cfg, tmp_path, 64, torch.device("cpu"), 9.0)[1] is None
 
 
 def test_a_step_is_timed_in_the_precision_asked_for_and_the_median_of_the_timed_steps_counts(monkeypatch):
@@ -102,7 +135,7 @@ def test_a_step_is_timed_in_the_precision_asked_for_and_the_median_of_the_timed_
     monkeypatch.setattr(sizing, "lm_loss_sum", loss_sum)
     # Each timed step reads the clock twice; the three steps take 5, 1 and 2 s: the median is 2.
     clock = iter([0.0, 5.0, 10.0, 11.0, 20.0, 22.0])
-    monkeypatch.setattr(sizing.time, "perf_counter", lambda: next(clock))
+    monkeypatch.setattr(sizing, "clock", lambda: next(clock))
     seconds, params = sizing._time_steps(sizing.ladder_config(base, 2, 64), (x, x.roll(-1, 1)),
                                          lambda m: build_optimizer(m, TrainConfig(), torch.device("cpu")),
                                          torch.device("cpu"), "bf16")
@@ -131,8 +164,10 @@ def test_a_resumed_run_keeps_the_shape_it_started_with(tmp_path):
     model = GPT(ModelConfig(n_layer=3, n_head=3, n_embd=96, block_size=8, vocab_size=12))
     ckpt.save_checkpoint(run, "last", model, CharTokenizer.train(["abcdefghij"]), {"step": 5}, {"x": torch.ones(1)})
     cfg = TrainConfig(out_dir=str(run), max_steps=None, max_time=60.0)
-    chosen = size_to_budget(preset_config("gpt2-tiny"), cfg, tmp_path / "no-data", 64, torch.device("cpu"), 50.0)
+    chosen, measured = size_to_budget(preset_config("gpt2-tiny"), cfg, tmp_path / "no-data", 64, torch.device("cpu"),
+                                      50.0)
     assert (chosen.n_layer, chosen.n_embd, chosen.n_head) == (3, 96, 3)
+    assert measured is None  # nothing timed: the resumed run's own precision applies (train/precision.py)
 
 
 def test_fit_to_budget_needs_a_time_budget(tmp_path):

@@ -9,11 +9,13 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import threading
 from pathlib import Path
 
 import numpy as np
 
 GGML_TYPE_F32 = 0
+_PATCHING = threading.Lock()  # held while llama.cpp's model defaults are patched (_without_extra_buffer_types)
 
 SAMPLE_TEXT = (
     "The history of every country begins with its geography: rivers decide where towns grow, mountains "
@@ -72,21 +74,23 @@ def _without_extra_buffer_types():
     repacked weight buffers). llama-cpp-python's Llama takes no argument for it, so its defaults are patched."""
     import llama_cpp.llama_cpp as api
 
-    defaults = api.llama_model_default_params
-    if "use_extra_bufts" not in dict(defaults()._fields_):  # an older llama.cpp without the switch
-        yield
-        return
+    # One load at a time: two threads patching at once could leave the patch installed for good.
+    with _PATCHING:
+        defaults = api.llama_model_default_params
+        if "use_extra_bufts" not in dict(defaults()._fields_):  # an older llama.cpp without the switch
+            yield
+            return
 
-    def plain_params():
-        params = defaults()
-        params.use_extra_bufts = False
-        return params
+        def plain_params():
+            params = defaults()
+            params.use_extra_bufts = False
+            return params
 
-    api.llama_model_default_params = plain_params
-    try:
-        yield
-    finally:
-        api.llama_model_default_params = defaults
+        api.llama_model_default_params = plain_params
+        try:
+            yield
+        finally:
+            api.llama_model_default_params = defaults
 
 
 def llamacpp_logits(llm, ids: list[int]) -> np.ndarray:

@@ -12,11 +12,12 @@ kept for backward, which only scales them by the incoming gradient (the loss is 
 approach of Liger Kernel's fused linear cross-entropy and Apple's Cut Cross-Entropy, in plain PyTorch.
 The matmuls are the same ones the unchunked loss does; what goes is the big buffer.
 
-The vocabulary is padded to a multiple of 64 inside the matmuls (zero rows in the weight, -inf in the
-padded logit columns, so the loss and gradients are unchanged). A logits row of GPT-2's 50,257 entries
-is not a multiple of 8 elements, and on an H200 cuBLAS then falls back to old unaligned kernels: the
-three output-layer matmuls of a GPT-2 124M step took 40 of its 81 ms of GPU time (bench/profile_step.py).
-nanoGPT pads its vocabulary to 50,304 for the same reason; here the model keeps its true size.
+On a GPU the vocabulary is padded to a multiple of 64 inside the matmuls (zero rows in the weight, -inf
+in the padded logit columns, so the loss and gradients are unchanged). A logits row of GPT-2's 50,257
+entries is not a multiple of 8 elements, and on an H200 cuBLAS then falls back to old unaligned kernels:
+the three output-layer matmuls of a GPT-2 124M step took 40 of its 81 ms of GPU time
+(bench/profile_step.py). nanoGPT pads its vocabulary to 50,304 for the same reason; here the model keeps
+its true size. On a CPU the padding would only cost a copy of the weight, so it is not done there.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import torch
 
 IGNORE_INDEX = -100
 CHUNK_LOGITS = 1 << 24  # logits per chunk: 16M floats = 64 MB (smaller chunks make the matmuls slower)
-VOCAB_MULTIPLE = 64     # the matmuls see the vocabulary padded to this (aligned rows for the fast kernels)
+VOCAB_MULTIPLE = {"cuda": 64}  # per device type: the matmuls see the vocabulary padded to a multiple of this
 
 
 def chunk_rows(vocab_size: int) -> int:
@@ -82,7 +83,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
 def _chunks(hidden, weight, targets, ignore_index, compute_dtype, grad_hidden_wanted, grad_weight_wanted):
     """(summed loss, d loss / d hidden or None, d loss / d weight or None), chunk by chunk."""
     n_rows, vocab = hidden.size(0), weight.size(0)
-    w = padded_rows(weight.to(compute_dtype), VOCAB_MULTIPLE)
+    w = padded_rows(weight, VOCAB_MULTIPLE.get(hidden.device.type, 1), compute_dtype)
     loss = torch.zeros((), dtype=torch.float32, device=hidden.device)
     grad_hidden = torch.empty_like(hidden) if grad_hidden_wanted else None
     # Summed over chunks in the matmul dtype, as the unchunked backward's one product is rounded to it.
@@ -117,7 +118,13 @@ def _chunks(hidden, weight, targets, ignore_index, compute_dtype, grad_hidden_wa
     return loss, grad_hidden, None if grad_weight is None else grad_weight[:vocab]
 
 
-def padded_rows(matrix: torch.Tensor, multiple: int) -> torch.Tensor:
-    """`matrix` with zero rows appended up to a multiple of `multiple` rows (itself if it has that already)."""
+def padded_rows(matrix: torch.Tensor, multiple: int, dtype: torch.dtype) -> torch.Tensor:
+    """`matrix` in `dtype` with zero rows appended up to a multiple of `multiple` rows; without padding to do,
+    `matrix.to(dtype)` (itself when it has that dtype already). One allocation either way."""
     extra = -matrix.size(0) % multiple
-    return torch.cat([matrix, matrix.new_zeros(extra, matrix.size(1))]) if extra else matrix
+    if not extra:
+        return matrix.to(dtype)
+    padded = matrix.new_empty((matrix.size(0) + extra, matrix.size(1)), dtype=dtype)
+    padded[:matrix.size(0)].copy_(matrix)
+    padded[matrix.size(0):].zero_()
+    return padded

@@ -89,11 +89,13 @@ def _pretrain(model_cfg: ModelConfig, data_cfg: DataConfig, train_cfg: TrainConf
         data_dir = prepare_data(data_cfg, ingest_cfg, tokenizer_spec)
     meta = read_meta(data_dir)
     tokenizer = load_tokenizer(data_dir)
+    probed_precision = None  # (precision, why) when the size probe already timed the precisions to choose from
     if model_cfg.fit_to_budget and env.is_distributed:
         print("model: fit_to_budget sizes a model for one process; under torchrun the configured shape is used")
     elif model_cfg.fit_to_budget:
-        model_cfg = size_to_budget(model_cfg, train_cfg, data_dir, tokenizer.vocab_size, device,
-                                   seconds_left=(train_cfg.max_time or 0) - (time.perf_counter() - started))
+        model_cfg, probed_precision = size_to_budget(
+            model_cfg, train_cfg, data_dir, tokenizer.vocab_size, device,
+            seconds_left=(train_cfg.max_time or 0) - (time.perf_counter() - started))
     model = build_model(model_cfg, tokenizer.vocab_size)
     if env.rank > 0:
         torch.manual_seed(train_cfg.seed + env.rank)  # the weights are rank 0's; dropout masks differ per rank
@@ -102,8 +104,10 @@ def _pretrain(model_cfg: ModelConfig, data_cfg: DataConfig, train_cfg: TrainConf
         probe = TokenBatches(data_dir, "train", model.config.block_size, train_cfg.batch_size, seed=train_cfg.seed)
         return next(iter(probe.eval_batches(1)))
 
-    precision, why = run_precision(train_cfg.precision, model, probe_batch, device, lm_loss_sum, run_dir,
-                                   train_cfg.resume, env.is_distributed)
+    # The model was sized for the speed of its faster precision: train in that one (a second probe, timing
+    # forward and backward only, could pick the other when they are close, and the model would be too big).
+    precision, why = probed_precision or run_precision(train_cfg.precision, model, probe_batch, device, lm_loss_sum,
+                                                       run_dir, train_cfg.resume, env.is_distributed)
     strategy = resolve_strategy(dist_cfg.strategy, env.world_size, model.num_params(), device)
     block = model.config.block_size
     train_batches = TokenBatches(data_dir, "train", block, train_cfg.batch_size, seed=train_cfg.seed,
@@ -128,8 +132,9 @@ def _pretrain(model_cfg: ModelConfig, data_cfg: DataConfig, train_cfg: TrainConf
 
 
 def size_to_budget(model_cfg: ModelConfig, train_cfg: TrainConfig, data_dir: Path, vocab_size: int,
-                   device: torch.device, seconds_left: float) -> ModelConfig:
-    """model.fit_to_budget: the model shape a speed probe finds right for the time left (train/sizing.py)."""
+                   device: torch.device, seconds_left: float) -> tuple[ModelConfig, tuple[str, str] | None]:
+    """model.fit_to_budget: the model shape a speed probe finds right for the time left (train/sizing.py), and
+    when the probe chose between precisions (train.precision auto), (the faster one for that shape, why)."""
     if train_cfg.max_time is None or model_cfg.init_from:
         raise ValueError("model.fit_to_budget: needs train.max_time (the budget to size for) and a fresh model "
                          "(not model.init_from)")
@@ -139,7 +144,7 @@ def size_to_budget(model_cfg: ModelConfig, train_cfg: TrainConfig, data_dir: Pat
     if train_cfg.resume != "never" and saved is not None and saved.is_file():  # a resumed run keeps its shape
         shape = json.loads(saved.read_text())
         print(f"model: fit_to_budget: keeping the resumed run's {shape['n_layer']} x {shape['n_embd']} shape")
-        return ladder_config(model_cfg, shape["n_layer"], shape["n_embd"])
+        return ladder_config(model_cfg, shape["n_layer"], shape["n_embd"]), None
     if device.type == "cpu" and train_cfg.reuse_memory:
         # What the Trainer will switch on anyway, switched on before the probe times its steps: without it
         # every step page-faults its big tensors in anew, and the probe timed 2 x 64 at 115-190 ms/step
@@ -150,7 +155,8 @@ def size_to_budget(model_cfg: ModelConfig, train_cfg: TrainConfig, data_dir: Pat
     step_tokens = train_cfg.batch_size * train_cfg.grad_accum_steps * model_cfg.block_size
     sized = with_vocab(model_cfg, vocab_size)
     precisions = candidate_precisions(train_cfg.precision, device)
-    with torch.random.fork_rng():  # the probe's models must not move the run's random stream (its weights)
+    # The probe's models must not move the run's random stream (its weights); only this device's is forked.
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         chosen, trials = pick_model_size(sized, batch, seconds_left,
                                          lambda m: build_optimizer(m, train_cfg, device), step_tokens, device,
                                          precisions)
@@ -159,7 +165,12 @@ def size_to_budget(model_cfg: ModelConfig, train_cfg: TrainConfig, data_dir: Pat
                       + f" ({t.tokens_per_param:.0f} tokens/param)" for t in trials)
     print(f"model: fit_to_budget picked {chosen.n_layer} layers x {chosen.n_embd} wide for {seconds_left:.0f} s "
           f"(probe: {tried}; wanted >= {TOKENS_PER_PARAM} tokens per parameter)")
-    return replace(chosen, vocab_size=model_cfg.vocab_size)
+    trial = next(t for t in trials if (t.n_layer, t.n_embd) == (chosen.n_layer, chosen.n_embd))
+    measured = None
+    if len(trial.timings) > 1:
+        measured = trial.precision, "auto: the size probe's training steps, " + ", ".join(
+            f"{p} {seconds * 1000:.1f} ms/step" for p, seconds in trial.timings.items())
+    return replace(chosen, vocab_size=model_cfg.vocab_size), measured
 
 
 def describe_parallelism(train_cfg: TrainConfig, env: DistEnv, strategy: str, block_size: int) -> str:

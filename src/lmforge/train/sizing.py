@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -33,6 +33,7 @@ TOKENS_PER_PARAM = 20
 WARMUP_STEPS = 2         # untimed steps per candidate: the first ones allocate memory and choose kernels
 PROBE_STEPS = 3          # timed steps per candidate and precision; their median is the step time
 TRAINING_SHARE = 0.8     # of the budget left after the probe: the rest goes to evaluations, samples, the report
+clock = time.perf_counter
 
 
 @dataclass
@@ -43,6 +44,7 @@ class SizeTrial:
     seconds_per_step: float  # in the fastest of the precisions tried
     tokens_in_budget: float
     precision: str = "fp32"  # the one that was fastest
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per step in each precision tried
 
     @property
     def tokens_per_param(self) -> float:
@@ -66,15 +68,16 @@ def pick_model_size(base: ModelConfig, batch: tuple[torch.Tensor, torch.Tensor],
     bf16 ran the 2 x 64 and 3 x 96 models 1.15-1.3x faster, pick a smaller model than it could train.
     Returns the chosen config and every trial, in order.
     """
-    started, trials = time.perf_counter(), []
+    started, trials = clock(), []
     for n_layer, n_embd in SIZE_LADDER:
         config = ladder_config(base, n_layer, n_embd)
         timings = {p: _time_steps(config, batch, make_optimizer, device, p) for p in precisions}
         fastest = min(timings, key=lambda p: timings[p][0])
         seconds_per_step, model_params = timings[fastest]
-        budget = (seconds_left - (time.perf_counter() - started)) * TRAINING_SHARE
+        budget = (seconds_left - (clock() - started)) * TRAINING_SHARE
         trials.append(SizeTrial(n_layer, n_embd, model_params, seconds_per_step,
-                                budget / seconds_per_step * step_tokens, fastest))
+                                budget / seconds_per_step * step_tokens, fastest,
+                                {p: seconds for p, (seconds, _) in timings.items()}))
         if trials[-1].tokens_per_param < TOKENS_PER_PARAM:
             break
     fitting = [t for t in trials if t.tokens_per_param >= TOKENS_PER_PARAM] or trials[:1]
@@ -105,10 +108,10 @@ def _time_steps(config: ModelConfig, batch, make_optimizer, device: torch.device
     seconds = []
     for _ in range(PROBE_STEPS):
         _wait_for(device)
-        started = time.perf_counter()
+        started = clock()
         step()
         _wait_for(device)
-        seconds.append(time.perf_counter() - started)
+        seconds.append(clock() - started)
     return statistics.median(seconds), model.num_params(exclude_embeddings=True)
 
 
