@@ -49,7 +49,7 @@ def test_a_fast_machine_gets_a_bigger_model_and_a_slow_one_the_smallest(monkeypa
 
 
 def test_each_shape_is_timed_in_each_precision_and_counted_at_the_fastest(monkeypatch):
-    """On an AMX CPU bf16 trains these models 1.15-1.3x faster than fp32; a probe timing fp32 only picked a
+    """On an AMX CPU bf16 trains these models 1.1-1.2x faster than fp32; a probe timing fp32 only picked a
     smaller model than the run (which then chose bf16) could train in its budget."""
     base = preset_config("gpt2-tiny", vocab_size=64)
     timings = {("fp32", 2, 64): 0.01, ("bf16", 2, 64): 0.008,

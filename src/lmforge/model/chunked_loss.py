@@ -98,7 +98,8 @@ def _chunks(hidden, weight, targets, ignore_index, compute_dtype, grad_hidden_wa
         # One fused pass from the (possibly bf16) logits to fp32 log-probabilities; every pass over a
         # (rows, V) chunk costs about as much as a tenth of its matmul, so they are kept few.
         logits = h @ w.T  # (n, padded V)
-        logits[:, vocab:] = float("-inf")  # padding: probability 0, gradient 0
+        if w.size(0) > vocab:
+            logits[:, vocab:] = float("-inf")  # padding: probability 0, gradient 0
         log_probs = torch.log_softmax(logits, dim=-1, dtype=torch.float32)
         loss -= (log_probs.gather(1, safe_t).squeeze(1) * counts).sum()
         if grad_hidden is None and grad_weight is None:

